@@ -1,0 +1,71 @@
+"""`der-gateway` command line: run | demo | simulate | check-config | schema."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from gateway.config import SiteFileError, load_site
+
+EXAMPLE_SITE = Path(__file__).resolve().parent.parent / "examples" / "site.toml"
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    site = load_site(args.site)
+    print(f"{args.site}: OK — site {site.site.id}, {len(site.devices)} devices "
+          f"({', '.join(f'{d.id}:{d.kind}' for d in site.devices)})")
+    return 0
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from simulators.run import run_simulate
+
+    return run_simulate(load_site(args.site), live=not args.quiet)
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from gateway.protocol.schema import json_schema
+
+    text = json.dumps(json_schema(), indent=2)
+    if args.out:
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+        print(f"wrote {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="der-gateway", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("simulate", help="serve the site's simulated devices on their Modbus ports")
+    s.add_argument("--site", default=str(EXAMPLE_SITE), help="site file (TOML)")
+    s.add_argument("--quiet", action="store_true", help="do not print the live table")
+    s.set_defaults(func=_cmd_simulate)
+
+    s = sub.add_parser("check-config", help="validate a site file")
+    s.add_argument("site", help="site file (TOML)")
+    s.set_defaults(func=_cmd_check_config)
+
+    s = sub.add_parser("schema", help="print the JSON Schema of the T-D coordination protocol")
+    s.add_argument("--out", help="write to this file instead of stdout")
+    s.set_defaults(func=_cmd_schema)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SiteFileError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
