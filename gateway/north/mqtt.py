@@ -1,0 +1,192 @@
+"""The gateway's MQTT link (aiomqtt; the only module that imports it).
+
+Subscribes to the site's inbound topics (PROTOCOL §1), hands every message to the app, publishes what the
+app produces, keeps the retained `status` with an `offline` last will, and reconnects with capped
+exponential backoff when the broker goes away. A persistent session (clean_session False and a fixed
+client id) makes the broker keep QoS 1 instructions that arrive while the gateway is reconnecting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import socket
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import aiomqtt
+
+from gateway.config import MqttSection
+
+log = logging.getLogger(__name__)
+
+TOPIC_ROOT = "tdc/v1"
+INBOUND_ROLES = ("ieso", "ldc")
+
+
+@dataclass(frozen=True)
+class Inbound:
+    topic: str
+    role: str  # "ieso" or "ldc": the topic segment after the site
+    msg_type: str  # the last topic segment
+    payload: bytes
+
+
+OnMessage = Callable[[Inbound], Awaitable[None]]
+OnConnect = Callable[[], Awaitable[None]]
+
+
+class KeyFileError(Exception):
+    """A TLS key file that others can read: refused, so that a leaked key is not silently used."""
+
+
+def broker_address(url: str) -> tuple[str, int, bool]:
+    u = urlparse(url)
+    tls = u.scheme == "mqtts"
+    return u.hostname or "127.0.0.1", u.port or (8883 if tls else 1883), tls
+
+
+def _tls_context(cfg: MqttSection) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
+    if cfg.cert_file and cfg.key_file:
+        if cfg.key_file.stat().st_mode & 0o077:
+            raise KeyFileError(
+                f"{cfg.key_file}: private key is readable by group or others; run: chmod 600 {cfg.key_file}"
+            )
+        ctx.load_cert_chain(str(cfg.cert_file), str(cfg.key_file))
+    return ctx
+
+
+class MqttLink:
+    def __init__(self, cfg: MqttSection, site_id: str, on_message: OnMessage, on_connect: OnConnect,
+                 offline_payload: bytes) -> None:
+        self.cfg = cfg
+        self.site_id = site_id
+        self.prefix = f"{TOPIC_ROOT}/{site_id}/"
+        self._on_message = on_message
+        self._on_connect = on_connect
+        self._offline_payload = offline_payload
+        self._client: aiomqtt.Client | None = None
+        self.connected = asyncio.Event()
+        self.reconnects = 0
+
+    def _make_client(self) -> aiomqtt.Client:
+        host, port, tls = broker_address(self.cfg.broker)
+        return aiomqtt.Client(
+            host,
+            port,
+            identifier=self.cfg.client_id or f"der-gateway-{self.site_id}",
+            clean_session=False,
+            keepalive=self.cfg.keepalive_s,
+            will=aiomqtt.Will(self.prefix + "gateway/status", self._offline_payload, qos=1, retain=True),
+            tls_context=_tls_context(self.cfg) if tls else None,
+            # paho never sets TCP_NODELAY; without it a QoS 1 round trip can cost 44 ms (Nagle).
+            socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+            max_queued_outgoing_messages=100_000,
+            timeout=10,
+        )
+
+    async def run(self) -> None:
+        """Connect, subscribe and deliver messages forever; reconnect with capped backoff."""
+        delay = 0.5
+        while True:
+            try:
+                async with self._make_client() as client:
+                    self._client = client
+                    for role in INBOUND_ROLES:
+                        await client.subscribe(f"{self.prefix}{role}/+", qos=1)
+                    self.connected.set()
+                    delay = 0.5
+                    log.info("mqtt: connected to %s", self.cfg.broker)
+                    await self._on_connect()
+                    async for message in client.messages:
+                        await self._deliver(message)
+            except aiomqtt.MqttError as err:
+                log.warning("mqtt: link to %s lost (%s); retrying in %.1f s", self.cfg.broker, err, delay)
+            finally:
+                self._client = None
+                self.connected.clear()
+            self.reconnects += 1
+            await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
+            delay = min(delay * 2, 30.0)
+
+    async def _deliver(self, message: aiomqtt.Message) -> None:
+        topic = str(message.topic)
+        parts = topic[len(self.prefix):].split("/")
+        if not topic.startswith(self.prefix) or len(parts) != 2 or parts[0] not in INBOUND_ROLES:
+            return  # another site's or an unknown topic: ignored (TDC-03)
+        payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+        try:
+            await self._on_message(Inbound(topic, parts[0], parts[1], payload))
+        except Exception:  # a bug in handling one message must never stop the link
+            log.exception("mqtt: error while handling a message on %s", topic)
+
+    async def publish(self, suffix: str, payload: bytes, retain: bool = False) -> bool:
+        """Publish under the site prefix; False when the broker is not reachable now."""
+        client = self._client
+        if client is None:
+            return False
+        try:
+            await client.publish(self.prefix + suffix, payload, qos=1, retain=retain)
+            return True
+        except aiomqtt.MqttError as err:
+            log.warning("mqtt: publish to %s failed: %s", suffix, err)
+            return False
+
+
+class MqttPeer:
+    """A plain client for the other side of the link (market side, LDC, scenario player, tests).
+
+    Collects every message on its subscriptions so a caller can wait for the one it expects.
+    """
+
+    def __init__(self, url: str, client_id: str | None = None,
+                 tls_context: ssl.SSLContext | None = None) -> None:
+        host, port, _ = broker_address(url)
+        self._client = aiomqtt.Client(host, port, identifier=client_id, tls_context=tls_context,
+                                      socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
+                                      max_queued_outgoing_messages=100_000)
+        self.messages: list[tuple[str, bytes, bool]] = []  # (topic, payload, retain)
+        self._arrived = asyncio.Condition()
+        self._reader: asyncio.Task | None = None
+
+    async def __aenter__(self) -> MqttPeer:
+        await self._client.__aenter__()
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._reader:
+            self._reader.cancel()
+        await self._client.__aexit__(None, None, None)
+
+    async def _read(self) -> None:
+        async for m in self._client.messages:
+            payload = m.payload if isinstance(m.payload, bytes) else str(m.payload).encode()
+            async with self._arrived:
+                self.messages.append((str(m.topic), payload, bool(m.retain)))
+                self._arrived.notify_all()
+
+    async def subscribe(self, topic: str) -> None:
+        await self._client.subscribe(topic, qos=1)
+
+    async def publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
+        await self._client.publish(topic, payload, qos=1, retain=retain)
+
+    async def wait_for(self, predicate: Callable[[str, bytes], bool], timeout: float = 10.0,
+                       start: int = 0) -> tuple[str, bytes]:
+        """The first message from index `start` on that matches; raises TimeoutError after `timeout` s."""
+        async def _match() -> tuple[str, bytes]:
+            seen = start
+            async with self._arrived:
+                while True:
+                    for topic, payload, _ in self.messages[seen:]:
+                        if predicate(topic, payload):
+                            return topic, payload
+                    seen = len(self.messages)
+                    await self._arrived.wait()
+
+        return await asyncio.wait_for(_match(), timeout)
