@@ -9,7 +9,8 @@ from pathlib import Path
 
 from gateway.config import SiteFileError, load_site
 
-EXAMPLE_SITE = Path(__file__).resolve().parent.parent / "examples" / "site.toml"
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+EXAMPLE_SITE = EXAMPLES / "site.toml"
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
@@ -17,6 +18,24 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
     print(f"{args.site}: OK — site {site.site.id}, {len(site.devices)} devices "
           f"({', '.join(f'{d.id}:{d.kind}' for d in site.devices)})")
     return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+
+    from gateway.app import Gateway
+
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(Gateway(load_site(args.site), args.broker).run())
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from gateway.demo import demo
+
+    return demo(load_site(args.site), Path(args.scenario), args.broker)
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -40,6 +59,18 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="der-gateway", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("run", help="run the gateway for a site")
+    s.add_argument("--site", required=True, help="site file (TOML)")
+    s.add_argument("--broker", help="mqtt://HOST:PORT (overrides the site file)")
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.set_defaults(func=_cmd_run)
+
+    s = sub.add_parser("demo", help="simulated site + gateway + a T-D coordination scenario, in one process")
+    s.add_argument("--site", default=str(EXAMPLE_SITE), help="site file (TOML)")
+    s.add_argument("--scenario", default=str(EXAMPLES / "demo_scenario.toml"), help="scenario file (TOML)")
+    s.add_argument("--broker", help="use this broker (mqtt://HOST:PORT) instead of an embedded one")
+    s.set_defaults(func=_cmd_demo)
 
     s = sub.add_parser("simulate", help="serve the site's simulated devices on their Modbus ports")
     s.add_argument("--site", default=str(EXAMPLE_SITE), help="site file (TOML)")

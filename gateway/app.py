@@ -1,0 +1,250 @@
+"""Wiring: the gateway's control loop (read devices → decide → write devices) and its MQTT face.
+
+Each device has its own poller task, so a slow or silent device never delays the others: the control
+cycle works on the latest reading of every device and hands each its command without waiting for the
+write. The cycle runs every `control_interval_s`, and at once when an instruction arrives.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from gateway import __version__
+from gateway.config import SiteFile
+from gateway.core.engine import Cycle, Engine
+from gateway.core.model import DeviceCommand, DeviceReading, Limits, MeterReading, SiteParams
+from gateway.north.mqtt import Inbound, MqttLink
+from gateway.protocol.codec import decode_inbound, encode_outbound
+from gateway.south.device import Device, Reading
+from gateway.south.factory import make_device
+
+log = logging.getLogger(__name__)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def site_params(site: SiteFile) -> SiteParams:
+    s = site.site
+    d = s.default_envelope
+    return SiteParams(
+        site_id=s.id,
+        resource_id=s.resource_id,
+        export_cap_kw=s.export_cap_kw,
+        import_cap_kw=s.import_cap_kw,
+        default_envelope=Limits(export_limit_kw=d.export_limit_kw, import_limit_kw=d.import_limit_kw,
+                                generation_limit_kw=d.generation_limit_kw, load_limit_kw=d.load_limit_kw),
+        dual_participation_priority=s.dual_participation_priority,
+        comms_timeout_s=s.comms_timeout_s,
+        max_clock_skew_s=s.max_clock_skew_s,
+        target_tolerance_kw=s.target_tolerance_kw,
+        limit_margin_kw=s.limit_margin_kw,
+    )
+
+
+class DevicePoller:
+    """Reads one device every interval and writes its latest command as soon as it is given."""
+
+    def __init__(self, device: Device, interval_s: float) -> None:
+        self.device = device
+        self.interval_s = interval_s
+        self.reading: Reading | None = None
+        self.command: DeviceCommand | None = None
+        self._new_command = asyncio.Event()
+
+    def give(self, command: DeviceCommand) -> None:
+        self.command = command
+        self._new_command.set()
+
+    async def run(self) -> None:
+        await self.device.connect()
+        while True:
+            if self._new_command.is_set():
+                self._new_command.clear()
+                if self.command is not None:
+                    await self.device.write(self.command)
+            else:
+                reading = await self.device.read()
+                if reading is not None:
+                    self.reading = reading
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._new_command.wait(), self.interval_s)
+
+
+@dataclass
+class Snapshot:
+    """What the gateway knows after a cycle: read by telemetry, status and the status page."""
+
+    cycle: Cycle | None = None
+    at: datetime | None = None
+
+
+class Gateway:
+    def __init__(self, site: SiteFile, broker_url: str | None = None) -> None:
+        self.site = site
+        if broker_url:
+            site.mqtt.broker = broker_url
+        self.interval_s = site.site.control_interval_s
+        self.engine = Engine(site_params(site), utcnow())
+        self.pollers = {d.id: DevicePoller(make_device(d, self.interval_s), self.interval_s)
+                        for d in site.devices}
+        self.meter_id = site.meter.id
+        self.link = MqttLink(site.mqtt, site.site.id, self._on_message, self._on_connect,
+                             offline_payload=self._status_payload(online=False))
+        self.snapshot = Snapshot()
+        self.telemetry_seq = 0
+        self._wake = asyncio.Event()
+        self._last_status: bytes | None = None
+        self.started = time.monotonic()
+
+    # ---- north ---------------------------------------------------------------------------------------
+    async def _on_message(self, inbound: Inbound) -> None:
+        msg = decode_inbound(inbound.role, inbound.msg_type, inbound.payload)
+        outs = self.engine.receive(msg, utcnow())
+        await self._publish_outbound(outs)
+        self._wake.set()
+
+    async def _on_connect(self) -> None:
+        self._last_status = None
+        await self._publish_status()
+
+    async def _publish_outbound(self, outs: list) -> None:
+        for out in outs:
+            suffix, payload = encode_outbound(out, self.site.site.id)
+            await self.link.publish(suffix, payload, retain=suffix.endswith("availability"))
+
+    # ---- the control cycle -----------------------------------------------------------------------------
+    def _readings(self) -> tuple[MeterReading | None, list[DeviceReading]]:
+        meter: MeterReading | None = None
+        devices: list[DeviceReading] = []
+        for dev_id, poller in self.pollers.items():
+            r, dev = poller.reading, poller.device
+            if dev_id == self.meter_id:
+                if r is not None:
+                    meter = MeterReading(p_kw=r.p_kw, q_kvar=r.q_kvar, v_pu=r.v_pu or 1.0, hz=r.hz or 60.0,
+                                         online=dev.online, stale=dev.stale)
+                continue
+            devices.append(DeviceReading(
+                id=dev_id, kind=dev.kind, online=dev.online and r is not None, stale=dev.stale,
+                p_kw=r.p_kw if r else 0.0, q_kvar=r.q_kvar if r else 0.0, rated_kw=r.rated_kw if r else 0.0,
+                available_kw=r.available_kw if r else 0.0, max_charge_kw=r.max_charge_kw if r else 0.0,
+                soc_pct=r.soc_pct if r else None, connected=r.connected if r else False,
+            ))
+        return meter, devices
+
+    async def run_cycle(self) -> Cycle:
+        now = utcnow()
+        meter, devices = self._readings()
+        cycle = self.engine.cycle(now, meter, devices)
+        for cmd in cycle.commands:
+            self.pollers[cmd.id].give(cmd)
+        self.snapshot = Snapshot(cycle=cycle, at=now)
+        await self._publish_outbound(cycle.outbound)
+        await self._publish_status()
+        return cycle
+
+    async def _control_loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.interval_s)
+            self._wake.clear()
+            try:
+                await self.run_cycle()
+            except Exception:  # one bad cycle must not stop control; the next one starts afresh
+                log.exception("control cycle failed")
+
+    # ---- telemetry and status ------------------------------------------------------------------------------
+    def telemetry(self, now: datetime) -> dict:
+        cycle = self.snapshot.cycle
+        meter, devices = self._readings()
+        d = cycle.decision if cycle else None
+        batteries = [x for x in devices if x.kind == "battery" and x.online and x.soc_pct is not None]
+        online = [x for x in devices if x.online]
+        up = sum(max(0.0, x.available_kw - max(x.p_kw, 0.0)) for x in online)
+        down = sum(max(0.0, x.p_kw) + x.max_charge_kw for x in online)
+        self.telemetry_seq += 1
+        return {
+            "v": 1, "type": "telemetry", "site_id": self.site.site.id, "seq": self.telemetry_seq,
+            "at": now.isoformat(),
+            "site": {
+                "p_kw": round(meter.p_kw, 3) if meter else None,
+                "q_kvar": round(meter.q_kvar, 3) if meter else None,
+                "v_pu": meter.v_pu if meter else None,
+                "hz": meter.hz if meter else None,
+                "available_up_kw": round(up, 3),
+                "available_down_kw": round(down, 3),
+                "soc_pct": round(sum(b.soc_pct for b in batteries) / len(batteries), 2) if batteries else None,
+            },
+            "effective": {
+                "target_kw": d.target_kw if d else None,
+                "export_limit_kw": d.export_limit_kw if d else self.site.site.export_cap_kw,
+                "import_limit_kw": d.import_limit_kw if d else self.site.site.import_cap_kw,
+                "binding": d.binding if d else "connection_agreement",
+                "mode": cycle.mode if cycle else "normal",
+            },
+            "serving": [{"ref": s.ref, "kw": s.kw} for s in cycle.serving] if cycle else [],
+            "devices": [
+                {
+                    "id": x.id, "online": x.online, "stale": x.stale, "p_kw": round(x.p_kw, 3),
+                    "q_kvar": round(x.q_kvar, 3),
+                    "setpoint_kw": (self.pollers[x.id].command.p_kw if self.pollers[x.id].command else None),
+                    "soc_pct": x.soc_pct,
+                }
+                for x in devices
+            ],
+            "replayed": False,
+        }
+
+    async def _telemetry_loop(self) -> None:
+        interval = self.site.site.telemetry_interval_s
+        while True:
+            # aligned to the clock: 5 s telemetry goes out at :00, :05, :10 …
+            await asyncio.sleep(interval - (time.time() % interval))
+            payload = json.dumps(self.telemetry(utcnow())).encode()
+            await self.link.publish("gateway/telemetry", payload)
+
+    def _status_payload(self, online: bool = True) -> bytes:
+        now = utcnow()
+        st = self.engine.status(now) if online else None
+        devices = list(self.pollers.values()) if hasattr(self, "pollers") else []
+        return json.dumps({
+            "v": 1, "type": "status", "site_id": self.site.site.id,
+            "state": "online" if online else "offline",
+            "mode": st.mode if st else "failsafe",
+            "comms": dict(st.comms) if st else {"ieso": "lost", "ldc": "lost"},
+            "active": list(st.active) if st else [],
+            "devices": {"online": sum(1 for p in devices if p.device.online), "total": len(devices)},
+            "version": __version__,
+        }).encode()
+
+    async def _publish_status(self, force: bool = False) -> None:
+        payload = self._status_payload()
+        if force or payload != self._last_status:
+            if await self.link.publish("gateway/status", payload, retain=True):
+                self._last_status = payload
+
+    async def _status_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.site.site.status_interval_s)
+            await self._publish_status(force=True)
+
+    # ---- lifecycle -------------------------------------------------------------------------------------
+    async def run(self) -> None:
+        tasks = [asyncio.create_task(p.run(), name=f"device-{i}") for i, p in self.pollers.items()]
+        tasks += [asyncio.create_task(c, name=n) for n, c in (
+            ("mqtt", self.link.run()), ("control", self._control_loop()),
+            ("telemetry", self._telemetry_loop()), ("status", self._status_loop()))]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*(p.device.close() for p in self.pollers.values()), return_exceptions=True)

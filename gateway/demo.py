@@ -1,0 +1,88 @@
+"""`der-gateway demo`: a whole simulated site, the gateway, and a scenario played by the market side and LDC.
+
+Everything runs in this one process on loopback sockets: an embedded MQTT broker (unless --broker is
+given), the device simulators on their Modbus ports, the gateway, and the scenario player. It prints
+what the gateway reports every second and ends with a verdict per step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+from pathlib import Path
+
+from gateway.app import Gateway
+from gateway.config import SiteFile
+from simulators.embedded_broker import EmbeddedBroker
+from simulators.site import SiteSimulator
+from simulators.upstream import ScenarioPlayer, Verdict, load_scenario
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _describe_site(site: SiteFile) -> str:
+    s = site.site
+    lines = [
+        f"Site {s.id} ({s.name or 'unnamed'}), resource {s.resource_id}",
+        f"  connection agreement: export ≤ {s.export_cap_kw:.0f} kW, import ≤ {s.import_cap_kw:.0f} kW; "
+        f"default envelope (LDC link lost): export ≤ {s.default_envelope.export_limit_kw} kW",
+        f"  site load {site.simulator.load_kw:.0f} ± {site.simulator.load_variation_kw:.0f} kW "
+        "(not controlled)",
+    ]
+    for d in site.devices:
+        size = f"{d.sim.rated_kw:.0f} kW" if d.kind != "meter" else "PCC, + = export"
+        variant = f" {d.sim.variant}" if d.kind == "pv" else ""
+        lines.append(f"  {d.id:<6} {d.kind:<8}{variant:<9} {size:<16} "
+                     f"SunSpec Modbus {d.host}:{d.port} unit {d.unit_id}")
+    return "\n".join(lines)
+
+
+def _report(verdicts: list[Verdict]) -> str:
+    lines = ["", "Verdict per step:"]
+    for n, v in enumerate(verdicts, 1):
+        lines.append(f"  {'MET    ' if v.met else 'NOT MET'}  {n}. {v.step}\n             {v.detail}")
+    met = sum(v.met for v in verdicts)
+    lines.append(f"\n{met} of {len(verdicts)} steps met.")
+    return "\n".join(lines)
+
+
+async def run_demo(site: SiteFile, scenario: Path, broker_url: str | None) -> int:
+    # Print a line a second, so the player sees every cycle's effect.
+    site.site.telemetry_interval_s = 1.0
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    print(_describe_site(site))
+    broker = None
+    if broker_url is None:
+        broker = EmbeddedBroker(port=_free_port())
+        await broker.start()
+        broker_url = broker.url
+        print(f"MQTT: embedded broker at {broker_url} (use --broker mqtt://HOST:PORT for your own)")
+    sim = SiteSimulator(site)
+    await sim.start()
+    gateway = Gateway(site, broker_url)
+    gw_task = asyncio.create_task(gateway.run())
+    try:
+        player = ScenarioPlayer(broker_url, site.site.id, site.site.resource_id,
+                                tolerance_kw=max(5.0, 2 * site.site.target_tolerance_kw))
+        verdicts = await player.play(load_scenario(scenario))
+    finally:
+        gw_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await gw_task
+        await sim.stop()
+        if broker:
+            await broker.stop()
+    print(_report(verdicts))
+    return 0 if all(v.met for v in verdicts) else 1
+
+
+def demo(site: SiteFile, scenario: Path, broker_url: str | None) -> int:
+    return asyncio.run(run_demo(site, scenario, broker_url))
