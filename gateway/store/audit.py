@@ -64,18 +64,18 @@ class Verification:
 
 
 def verify(conn: sqlite3.Connection) -> Verification:
-    """Walk the chain in storage order; the first break is reported with the record it is at."""
-    rows = conn.execute("SELECT seq, at, kind, record, prev_hash, hash FROM audit ORDER BY rowid").fetchall()
-    stored_seqs = {row[0] for row in rows}
+    """Walk the chain; the first break is reported with the record it is at."""
+    # seq is the rowid, so storage order is seq order: a reordered record shows as a broken link.
+    rows = conn.execute("SELECT seq, at, kind, record, prev_hash, hash FROM audit ORDER BY seq").fetchall()
     prev_hash, expected_seq = GENESIS, 1
     for n, (seq, at, kind, record, stored_prev, stored_hash) in enumerate(rows, 1):
         if seq != expected_seq:
-            what = "moved" if expected_seq in stored_seqs else "removed"
-            return Verification(False, n, f"record {seq} stands where record {expected_seq} should: "
-                                          f"record {expected_seq} was {what}")
+            gone = f"{expected_seq}" if seq == expected_seq + 1 else f"{expected_seq} to {seq - 1}"
+            return Verification(False, n, f"record {gone} was removed (record {seq} follows "
+                                          f"record {expected_seq - 1})")
         if stored_prev != prev_hash:
-            return Verification(False, n, f"record {seq}: link to the previous record is broken "
-                                          "(a record before it was edited, removed or reordered)")
+            return Verification(False, n, f"record {seq} does not link to record {seq - 1}: "
+                                          "records were reordered or replaced")
         if _hash(seq, at, kind, record, stored_prev) != stored_hash:
             return Verification(False, n, f"record {seq} ({kind} at {at}) was edited: its content no longer "
                                           "matches its hash")
