@@ -22,7 +22,7 @@ from gateway.core.model import DeviceCommand, DeviceReading, Limits, MeterReadin
 from gateway.north.mqtt import Inbound, MqttLink
 from gateway.protocol.codec import decode_inbound, encode_outbound
 from gateway.south.device import Device, Reading
-from gateway.south.factory import make_device
+from gateway.south.factory import build_devices
 
 log = logging.getLogger(__name__)
 
@@ -50,32 +50,37 @@ def site_params(site: SiteFile) -> SiteParams:
 
 
 class DevicePoller:
-    """Reads one device every interval and writes its latest command as soon as it is given."""
+    """One device's reads and writes. A read is started by each control cycle; a command is written as
+    soon as it is given, the latest one winning if the device is still busy with the one before."""
 
-    def __init__(self, device: Device, interval_s: float) -> None:
+    def __init__(self, device: Device) -> None:
         self.device = device
-        self.interval_s = interval_s
         self.reading: Reading | None = None
         self.command: DeviceCommand | None = None
+        self._read_task: asyncio.Task | None = None
         self._new_command = asyncio.Event()
+
+    def start_read(self) -> asyncio.Task:
+        """The read in flight, or a new one: a slow device never has two reads queued."""
+        if self._read_task is None or self._read_task.done():
+            self._read_task = asyncio.create_task(self._read())
+        return self._read_task
+
+    async def _read(self) -> None:
+        reading = await self.device.read()
+        if reading is not None:
+            self.reading = reading
 
     def give(self, command: DeviceCommand) -> None:
         self.command = command
         self._new_command.set()
 
-    async def run(self) -> None:
-        await self.device.connect()
+    async def run_writer(self) -> None:
         while True:
-            if self._new_command.is_set():
-                self._new_command.clear()
-                if self.command is not None:
-                    await self.device.write(self.command)
-            else:
-                reading = await self.device.read()
-                if reading is not None:
-                    self.reading = reading
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._new_command.wait(), self.interval_s)
+            await self._new_command.wait()
+            self._new_command.clear()
+            if self.command is not None:
+                await self.device.write(self.command)
 
 
 @dataclass
@@ -93,8 +98,11 @@ class Gateway:
             site.mqtt.broker = broker_url
         self.interval_s = site.site.control_interval_s
         self.engine = Engine(site_params(site), utcnow())
-        self.pollers = {d.id: DevicePoller(make_device(d, self.interval_s), self.interval_s)
-                        for d in site.devices}
+        self.pollers = {d.id: DevicePoller(d) for d in build_devices(site)}
+        # Reads that miss this deadline leave their device's last reading in use (it turns stale), so a
+        # slow or silent device cannot hold up the cycle; readings of one cycle are taken together, so
+        # the load estimate (Σ devices − meter) compares like with like.
+        self.read_deadline_s = 0.5 * self.interval_s
         self.meter_id = site.meter.id
         self.link = MqttLink(site.mqtt, site.site.id, self._on_message, self._on_connect,
                              offline_payload=self._status_payload(online=False))
@@ -128,18 +136,25 @@ class Gateway:
             r, dev = poller.reading, poller.device
             if dev_id == self.meter_id:
                 if r is not None:
-                    meter = MeterReading(p_kw=r.p_kw, q_kvar=r.q_kvar, v_pu=r.v_pu or 1.0, hz=r.hz or 60.0,
-                                         online=dev.online, stale=dev.stale)
+                    # 20x meter models carry no nominal voltage, so v_pu may be unknown: 1.0 is reported.
+                    meter = MeterReading(p_kw=r.p_kw, q_kvar=r.q_kvar or 0.0, v_pu=r.v_pu or 1.0,
+                                         hz=r.hz or 60.0, online=dev.online, stale=dev.stale)
+                continue
+            if r is None:
+                devices.append(DeviceReading(id=dev_id, kind=dev.kind, online=False, stale=True, p_kw=0.0,
+                                             q_kvar=0.0, rated_kw=0.0, available_kw=0.0, max_charge_kw=0.0,
+                                             soc_pct=None, connected=False))
                 continue
             devices.append(DeviceReading(
-                id=dev_id, kind=dev.kind, online=dev.online and r is not None, stale=dev.stale,
-                p_kw=r.p_kw if r else 0.0, q_kvar=r.q_kvar if r else 0.0, rated_kw=r.rated_kw if r else 0.0,
-                available_kw=r.available_kw if r else 0.0, max_charge_kw=r.max_charge_kw if r else 0.0,
-                soc_pct=r.soc_pct if r else None, connected=r.connected if r else False,
+                id=dev_id, kind=dev.kind, online=dev.online, stale=dev.stale, p_kw=r.p_kw,
+                q_kvar=r.q_kvar or 0.0, rated_kw=r.rated_kw or 0.0,
+                available_kw=r.available_kw if r.available_kw is not None else 0.0,
+                max_charge_kw=r.max_charge_kw, soc_pct=r.soc_pct, connected=bool(r.connected),
             ))
         return meter, devices
 
     async def run_cycle(self) -> Cycle:
+        await asyncio.wait([p.start_read() for p in self.pollers.values()], timeout=self.read_deadline_s)
         now = utcnow()
         meter, devices = self._readings()
         cycle = self.engine.cycle(now, meter, devices)
@@ -180,7 +195,8 @@ class Gateway:
                 "hz": meter.hz if meter else None,
                 "available_up_kw": round(up, 3),
                 "available_down_kw": round(down, 3),
-                "soc_pct": round(sum(b.soc_pct for b in batteries) / len(batteries), 2) if batteries else None,
+                "soc_pct": round(sum(b.soc_pct for b in batteries) / len(batteries), 2)
+                if batteries else None,
             },
             "effective": {
                 "target_kw": d.target_kw if d else None,
@@ -226,9 +242,9 @@ class Gateway:
 
     async def _publish_status(self, force: bool = False) -> None:
         payload = self._status_payload()
-        if force or payload != self._last_status:
-            if await self.link.publish("gateway/status", payload, retain=True):
-                self._last_status = payload
+        changed = force or payload != self._last_status
+        if changed and await self.link.publish("gateway/status", payload, retain=True):
+            self._last_status = payload
 
     async def _status_loop(self) -> None:
         while True:
@@ -237,7 +253,7 @@ class Gateway:
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     async def run(self) -> None:
-        tasks = [asyncio.create_task(p.run(), name=f"device-{i}") for i, p in self.pollers.items()]
+        tasks = [asyncio.create_task(p.run_writer(), name=f"write-{i}") for i, p in self.pollers.items()]
         tasks += [asyncio.create_task(c, name=n) for n, c in (
             ("mqtt", self.link.run()), ("control", self._control_loop()),
             ("telemetry", self._telemetry_loop()), ("status", self._status_loop()))]

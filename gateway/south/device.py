@@ -1,0 +1,257 @@
+"""The `Device` interface the control loop uses, independent of the protocol behind it.
+
+Use: `await device.connect()` once, then every control interval `await device.read()` (one task per
+device, so a silent device never delays the others), and `await device.write(cmd)` whenever the
+command changes (calling it every cycle with the same command is fine and costs no I/O).
+
+None of the four raises for device trouble: `connect()` and `write()` return False, `read()` returns
+None, and the cause is in `last_error` (a `DeviceOffline` or a `DeviceFault`). Comms supervision
+lives here, once for every protocol: a failed read (or an unanswered write) marks the device offline;
+while offline, `read()` returns None at once until its backoff delay (0.5 s doubling to 30 s) has
+passed, then makes one recovery attempt (reconnect, re-discover, re-apply the last command), and the
+first good read brings it back online.
+
+A written command stays in force until the next `write()` or `close()`: `read()` keeps it alive by
+rewriting it before the device's reversion timer can run out. When the gateway stops (process dead,
+or `close()`), nothing refreshes it any more and every device reverts to its safe value on its own.
+
+Sign convention of `Reading.p_kw` and `Command.p_kw`: positive = power into the grid side (PV
+generation, battery discharge); for the meter, positive = export from the site to the grid.
+"""
+
+from __future__ import annotations
+
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+from gateway.south.backoff import Backoff
+
+Kind = Literal["pv", "battery", "meter"]
+WritePurpose = Literal["setpoint", "refresh", "reapply", "connect", "heartbeat"]
+
+STALE_AFTER_CYCLES = 3  # a reading older than this many control intervals is stale
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """One consistent read of a device. `None` means the device does not report that quantity."""
+
+    p_kw: float  # active power; + = generation / discharge; meter: + = export to the grid
+    q_kvar: float | None  # reactive power, same sign convention as p_kw
+    v_pu: float | None  # voltage / the device's nominal voltage
+    hz: float | None
+    available_kw: float | None  # PV: what it could produce now; battery: discharge capability now
+    max_charge_kw: float  # battery: charge capability now (≥ 0); 0 for PV and meter
+    rated_kw: float | None  # the device's maximum active power setting (WMax); None for the meter
+    soc_pct: float | None  # battery state of charge
+    connected: bool | None  # connected to the grid (enter service permitted and closed)
+    limit_pct: float | None  # PV: active power limit in force, % of rated_kw; None = no limit
+    setpoint_kw: float | None  # the command in force, in Command.p_kw terms (PV: limit in kW)
+    at: float  # time.monotonic() when the read completed
+
+
+class Command(Protocol):
+    """What the control loop wants from a device (any object with these two attributes).
+
+    p_kw: PV: the active power limit in kW (clamped to 0…rated); battery: the signed active power
+    setpoint in kW, negative = charge. connect: False = cease to energize / disconnect.
+    """
+
+    @property
+    def p_kw(self) -> float: ...
+
+    @property
+    def connect(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Setpoint:
+    """A `Command`, as the device keeps it."""
+
+    p_kw: float
+    connect: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class WriteRecord:
+    """One point written to a device, for the audit log (passed to the `on_write` hook)."""
+
+    device_id: str
+    point: str  # "704.WMaxLimPct": model id and point name
+    address: int  # absolute register address of the point
+    raw: int | str  # the value as written, before encoding (scaled integer, enum value)
+    result: str  # "ok", or the error (timeout, exception n, connection lost)
+    purpose: WritePurpose
+    timestamp: float  # time.time(), UTC epoch seconds
+
+
+WriteHook = Callable[[WriteRecord], None]
+
+
+class DeviceError(Exception):
+    """A device operation failed; the message names the device and the cause."""
+
+    def __init__(self, device_id: str, message: str) -> None:
+        super().__init__(f"{device_id}: {message}")
+        self.device_id = device_id
+
+
+class DeviceOffline(DeviceError):
+    """The device does not answer (timeout, connection lost, connection refused)."""
+
+
+class DeviceFault(DeviceError):
+    """The device answered but refused (protocol exception) or its map cannot be used."""
+
+
+class Device(ABC):
+    """A DER or meter the control loop reads and commands. Subclasses implement the protocol hooks."""
+
+    def __init__(
+        self,
+        device_id: str,
+        kind: Kind,
+        *,
+        stale_after_s: float,
+        on_write: WriteHook | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._id = device_id
+        self._kind = kind
+        self._stale_after_s = stale_after_s
+        self._on_write = on_write
+        self._retry = backoff or Backoff()
+        self._online = False
+        self._last_error: DeviceError | None = None
+        self._last_reading: Reading | None = None
+        self._command: Setpoint | None = None
+
+    # --- what the control loop sees -----------------------------------------------------------------
+
+    @property
+    def id(self) -> str:
+        return self._id
+
+    @property
+    def kind(self) -> Kind:
+        return self._kind
+
+    @property
+    def online(self) -> bool:
+        """True from a successful connect or read until the next failed read or unanswered write."""
+        return self._online
+
+    @property
+    def stale(self) -> bool:
+        """No good read within the last ~3 control intervals (or never)."""
+        r = self._last_reading
+        return r is None or time.monotonic() - r.at > self._stale_after_s
+
+    @property
+    def last_error(self) -> DeviceError | None:
+        return self._last_error
+
+    @property
+    def last_reading(self) -> Reading | None:
+        return self._last_reading
+
+    @property
+    def command(self) -> Setpoint | None:
+        """The command last given to `write()` (kept while offline, re-applied after a reconnect)."""
+        return self._command
+
+    async def connect(self) -> bool:
+        """Connect and discover; False if that failed (`read()` then retries with backoff)."""
+        try:
+            await self._connect()
+        except DeviceError as err:
+            self._failed(err, offline=True)
+            return False
+        self._mark_online()
+        return True
+
+    async def read(self) -> Reading | None:
+        """A fresh reading, or None (offline, or the read failed: see `last_error`)."""
+        try:
+            if not self._online:
+                if self._retry.wait_s(time.monotonic()) > 0:
+                    return None
+                await self._recover()
+            reading = await self._read()
+        except DeviceError as err:
+            self._failed(err, offline=True)
+            return None
+        self._last_reading = reading
+        self._mark_online()
+        try:
+            await self._keep_alive()
+        except DeviceError as err:  # the reading stands; a device that stopped answering is offline
+            self._failed(err, offline=isinstance(err, DeviceOffline))
+        return reading
+
+    async def write(self, cmd: Command) -> bool:
+        """Apply `cmd` now; False if it could not be (offline, or refused: see `last_error`).
+
+        The command is kept either way, and applied when the device is back.
+        """
+        if self._kind == "meter":
+            raise TypeError(f"{self._id}: a meter takes no commands")
+        self._command = Setpoint(float(cmd.p_kw), bool(cmd.connect))
+        if not self._online:
+            return False
+        try:
+            await self._write()
+        except DeviceError as err:
+            self._failed(err, offline=isinstance(err, DeviceOffline))
+            return False
+        return True
+
+    async def close(self) -> None:
+        """Close the connection, for good. Setpoints are left to revert on the device's own timers."""
+        self._online = False
+        await self._close()
+
+    # --- for subclasses ------------------------------------------------------------------------------
+
+    def _record(self, record: WriteRecord) -> None:
+        if self._on_write is not None:
+            self._on_write(record)
+
+    @abstractmethod
+    async def _connect(self) -> None:
+        """Open the connection and discover the device."""
+
+    @abstractmethod
+    async def _recover(self) -> None:
+        """Bring an offline device back: reconnect, re-discover, re-apply `self._command`."""
+
+    @abstractmethod
+    async def _read(self) -> Reading: ...
+
+    @abstractmethod
+    async def _write(self) -> None:
+        """Apply `self._command` now, writing only what changed."""
+
+    @abstractmethod
+    async def _keep_alive(self) -> None:
+        """After each good read: refresh `self._command` on the device if that is due, and any
+        protocol heartbeat."""
+
+    @abstractmethod
+    async def _close(self) -> None: ...
+
+    # --- supervision ---------------------------------------------------------------------------------
+
+    def _failed(self, err: DeviceError, *, offline: bool) -> None:
+        self._last_error = err
+        if offline:
+            self._online = False
+            self._retry.failed(time.monotonic())
+
+    def _mark_online(self) -> None:
+        self._online = True
+        self._last_error = None
+        self._retry.succeeded()

@@ -1,0 +1,140 @@
+"""Fault modes, seen from a pymodbus client: silent, exception, slow, reboot; driven in-process and
+through the control socket."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+import pytest_asyncio
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ModbusIOException
+
+from gateway.config import DeviceConfig
+from simulators.control import ControlClient, ControlError
+from simulators.site import SiteSimulator
+from tests.simulators.util import eventually
+
+pytestmark = pytest.mark.asyncio
+
+SUNS = [0x5375, 0x6E53]
+
+
+@pytest_asyncio.fixture
+async def pv1(start_site) -> AsyncIterator[tuple[SiteSimulator, DeviceConfig, AsyncModbusTcpClient]]:
+    sim: SiteSimulator = await start_site()
+    cfg = sim.devices["pv1"].cfg
+    client = AsyncModbusTcpClient(cfg.host, port=cfg.port, timeout=1, retries=0)
+    assert await client.connect()
+    yield sim, cfg, client
+    client.close()
+
+
+async def read_suns(client: AsyncModbusTcpClient, cfg: DeviceConfig):
+    return await client.read_holding_registers(40000, count=2, device_id=cfg.unit_id)
+
+
+async def test_silent_accepts_connections_and_never_answers(pv1) -> None:
+    sim, cfg, client = pv1
+    sim.devices["pv1"].set_fault("silent")
+    assert sim.devices["pv1"].fault == "silent"
+    with pytest.raises(ModbusIOException):
+        await read_suns(client, cfg)
+    # a new TCP connection is still accepted
+    _, writer = await asyncio.open_connection(cfg.host, cfg.port)
+    writer.close()
+    sim.devices["pv1"].set_fault("none")
+    assert await client.connect()
+    assert (await read_suns(client, cfg)).registers == SUNS
+
+
+async def test_exception_answers_every_request_with_the_code(pv1) -> None:
+    sim, cfg, client = pv1
+    dev = sim.devices["pv1"]
+    dev.set_fault("exception")
+    rr = await read_suns(client, cfg)
+    assert rr.isError() and rr.exception_code == 4  # SERVER_DEVICE_FAILURE
+    rr = await client.write_register(dev.map.address(704, "WMaxLimPctEna"), 1, device_id=cfg.unit_id)
+    assert rr.isError() and rr.exception_code == 4
+    assert dev.map.get(704, "WMaxLimPctEna") == 0  # the refused write was not applied
+    dev.set_fault("exception", code=6)  # SERVER_DEVICE_BUSY
+    assert (await read_suns(client, cfg)).exception_code == 6
+    dev.set_fault("none")
+    assert (await read_suns(client, cfg)).registers == SUNS
+
+
+async def test_slow_answers_after_the_delay(pv1) -> None:
+    sim, cfg, _ = pv1
+    sim.devices["pv1"].set_fault("slow", delay_s=1.0)
+    client = AsyncModbusTcpClient(cfg.host, port=cfg.port, timeout=5, retries=0)
+    assert await client.connect()
+    try:
+        t0 = time.monotonic()
+        rr = await read_suns(client, cfg)
+        assert rr.registers == SUNS
+        assert time.monotonic() - t0 >= 0.9
+        # writes are slow too, and still applied
+        t0 = time.monotonic()
+        rr = await client.write_register(sim.devices["pv1"].map.address(715, "AlarmReset"), 1,
+                                         device_id=cfg.unit_id)
+        assert not rr.isError() and time.monotonic() - t0 >= 0.9
+        assert sim.devices["pv1"].map.get(715, "AlarmReset") == 1
+    finally:
+        client.close()
+
+
+async def test_reboot_drops_connections_refuses_then_serves_defaults(pv1) -> None:
+    sim, cfg, client = pv1
+    dev = sim.devices["pv1"]
+    rr = await client.write_registers(dev.map.address(704, "WMaxLimPctEna"), [1, 4000], device_id=cfg.unit_id)
+    assert not rr.isError()
+    await eventually(lambda: abs(dev.p_kw - 100.0) < 0.5, what="limited to 40 %")
+    reader, writer = await asyncio.open_connection(cfg.host, cfg.port)
+
+    dev.set_fault("reboot", duration_s=1.5)
+    assert dev.fault == "reboot"
+    assert await asyncio.wait_for(reader.read(), timeout=5) == b""  # our connection was dropped
+    writer.close()
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_connection(cfg.host, cfg.port)
+
+    await eventually(lambda: dev.fault == "none", timeout=10, what="back from reboot")
+    assert await client.connect()
+    addr = dev.map.address(704, "WMaxLimPctEna")
+    regs = (await client.read_holding_registers(addr, count=2, device_id=cfg.unit_id)).registers
+    assert regs == [0, 10000]  # the limit is gone: volatile registers back to power-on values
+    await eventually(lambda: abs(dev.p_kw - 225.0) < 0.5, what="unlimited again")
+
+
+async def test_control_socket_drives_faults_sun_and_load(start_site) -> None:
+    sim: SiteSimulator = await start_site(simulator={"irradiance_pu": 0.9, "load_kw": 120.0})
+    port = sim.site.simulator.control_port
+    assert port is not None
+    async with ControlClient(port) as ctl:
+        state = await ctl.state()
+        assert set(state["devices"]) == {"pv1", "pv2", "bess1", "meter"}
+        assert state["devices"]["pv1"]["p_kw"] == pytest.approx(225.0)
+        assert state["meter_p_kw"] == pytest.approx(240.0, abs=0.5)
+
+        await ctl.fault("meter", "exception", code=11)
+        assert sim.meter.fault == "exception"
+        await ctl.fault("meter", "none")
+        await ctl.irradiance(0.5)
+        await ctl.load(100.0)
+        await eventually(lambda: abs(sim.meter_p_kw - (125.0 + 75.0 - 100.0)) < 0.5, what="new sun and load")
+        assert (await ctl.state())["load_kw"] == pytest.approx(100.0)
+
+        with pytest.raises(ControlError, match="unknown device"):
+            await ctl.fault("nope", "silent")
+        with pytest.raises(ControlError, match="unknown fault mode"):
+            await ctl.fault("pv1", "wobbly")
+        with pytest.raises(ControlError, match="unknown cmd"):
+            await ctl.request("dance")
+        with pytest.raises(ControlError, match="irradiance"):
+            await ctl.irradiance(7.0)
+        # the connection survives refused commands
+        await ctl.fault("pv1", "reboot", duration_s=0.5)
+        assert sim.devices["pv1"].fault == "reboot"
+        await eventually(lambda: sim.devices["pv1"].fault == "none", what="reboot over")
