@@ -271,6 +271,7 @@ class SunSpecDevice(Device):
         self._applied_connect: bool | None = None
         self._heartbeat: int | None = None
         self._heartbeat_at = -math.inf
+        self._pv_available_w: float | None = None  # last estimate, for PV without WAval
 
     @classmethod
     def from_config(
@@ -428,7 +429,8 @@ class SunSpecDevice(Device):
         soc = self._first("soc_pct", image)
         limit_pct, setpoint_kw = self._read_back(image, rated_w)
         if self._kind == "pv" and available_w is None and rated_w:
-            available_w = _pv_available_w(p_w, rated_w, limit_pct)
+            available_w = self._pv_available_w = _pv_available_w(p_w, rated_w, limit_pct,
+                                                                 self._pv_available_w)
         elif self._kind == "battery":
             soc_min, soc_max = self._first("soc_min_pct", image), self._first("soc_max_pct", image)
             discharge = self._first("max_discharge_w", image) or rated_w or 0.0
@@ -625,13 +627,17 @@ def _result_of(err: DeviceError) -> str:
     return "connection lost"
 
 
-def _pv_available_w(p_w: float, rated_w: float, limit_pct: float | None) -> float:
+def _pv_available_w(p_w: float, rated_w: float, limit_pct: float | None, last_w: float | None) -> float:
     """What a PV inverter could produce now, when it does not say (the 70x models have no WAval).
 
-    Below its limit by more than a small band, the inverter is producing all the sun gives: that output
-    is its available power. At its limit it is curtailed and could give more; how much is unknown, so
-    the nameplate is the bound, and the next cycle's reading corrects it.
+    Below its limit by more than a small band, the inverter gives all the sun gives: its output is its
+    available power. At its limit it could give more, how much is unknown: the last estimate stands (the
+    nameplate before there is one), and the control loop probes above it to find out. Taking the
+    nameplate every time instead would make the estimate jump between output and nameplate on
+    alternate cycles whenever the limit sits at the available power.
     """
     limit_w = rated_w if limit_pct is None else rated_w * limit_pct / 100
     band_w = max(0.01 * rated_w, 500.0)
-    return p_w if p_w < limit_w - band_w else rated_w
+    if p_w < limit_w - band_w:
+        return max(p_w, 0.0)
+    return max(p_w, rated_w if last_w is None else last_w)

@@ -1,0 +1,109 @@
+"""From a PCC target to device setpoints (PROTOCOL §5.5): the closed loop on the meter and the split.
+
+Site load is not controlled, so the loop estimates it every cycle as Σ measured device power − metered PCC
+power (anything uncontrolled, e.g. a device that stopped answering but still produces, lands in this
+estimate and is compensated for, TDC-22) and asks the devices for PCC target + load.
+
+Without a usable meter (offline or stale) the load is unknown and the gateway takes no load credit: the
+device total stays within [−import limit, export limit], so export at the PCC can only be lower than the
+limit (load ≥ 0). The import limit then cannot be guaranteed; the devices themselves never import more
+than it.
+
+The split: PV first up to its available power; the batteries discharge for the rest, or charge with what
+PV would otherwise have to shed, within their capability and the load limit; then PV is curtailed.
+Several PVs (or batteries) share in proportion to what each can do now, so none is asked for more than
+it can give and an offline device's share falls to the others. Every online device is controlled, a
+stale one too (with its last reading): it still takes writes, and leaving it uncommanded would let its
+reversion timer expire and make the split jump whenever a reading is late. An offline device gets no
+command; it keeps what it was doing until its reversion timer acts, and the meter sees it as load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gateway.core.limits import Bound, InForce
+from gateway.core.model import DeviceCommand, DeviceReading
+
+
+def controllable(devices: list[DeviceReading]) -> list[DeviceReading]:
+    return [d for d in devices if d.online and d.kind in ("pv", "battery")]
+
+
+def _up(d: DeviceReading) -> float:
+    return max(0.0, d.available_kw)
+
+
+def _down(d: DeviceReading) -> float:
+    return max(0.0, d.max_charge_kw) if d.kind == "battery" else 0.0
+
+
+@dataclass(frozen=True)
+class DeviceRange:
+    """What the controllable devices can do now, summed."""
+
+    pv_kw: float  # PV available
+    discharge_kw: float  # battery discharge available
+    charge_kw: float  # battery charge available
+    count: int
+
+    @classmethod
+    def of(cls, devices: list[DeviceReading]) -> DeviceRange:
+        return cls(pv_kw=sum(_up(d) for d in devices if d.kind == "pv"),
+                   discharge_kw=sum(_up(d) for d in devices if d.kind == "battery"),
+                   charge_kw=sum(_down(d) for d in devices), count=len(devices))
+
+
+def device_window(eff: InForce, dev: DeviceRange | None) -> tuple[Bound, Bound]:
+    """Hard bounds of the device total: generation/load limits and, when known, device capability."""
+    lo, hi = Bound(-eff.load.kw, eff.load.source), eff.generation
+    if dev is not None:
+        if dev.pv_kw + dev.discharge_kw < hi.kw:  # a tie keeps the LDC limit as the binding source
+            hi = Bound(dev.pv_kw + dev.discharge_kw, "device_capacity")
+        if -dev.charge_kw > lo.kw:
+            lo = Bound(-dev.charge_kw, "device_capacity")
+    return lo, hi
+
+
+def device_total(target_kw: float, load_kw: float | None, eff: InForce, dev: DeviceRange,
+                 margin_kw: float) -> float:
+    """The devices' total for a PCC target: `margin_kw` inside the PCC limits, within the hard bounds."""
+    load = load_kw or 0.0
+    top, bottom = eff.export.kw - margin_kw, -eff.import_.kw + margin_kw
+    if bottom > top:  # a band narrower than twice the margin (e.g. isolation, 0/0): aim at its middle
+        top = bottom = (eff.export.kw - eff.import_.kw) / 2
+    total = min(max(target_kw, bottom), top) + load
+    lo, hi = device_window(eff, dev)
+    return min(max(total, lo.kw), hi.kw)
+
+
+def allocate(total_kw: float, devices: list[DeviceReading], eff: InForce) -> list[DeviceCommand]:
+    """Setpoints for the controllable `devices` that add up to `total_kw` (already within their bounds)."""
+    pv_cap = min(sum(_up(d) for d in devices if d.kind == "pv"), eff.generation.kw)
+    if total_kw >= pv_cap:
+        pv, battery = pv_cap, total_kw - pv_cap
+    else:
+        charge = min(pv_cap - total_kw, sum(_down(d) for d in devices), eff.load.kw)
+        pv, battery = total_kw + charge, -charge
+    pv = max(pv, 0.0)  # float noise only: total_kw is within the device window
+    pvs = [d for d in devices if d.kind == "pv"]
+    batteries = [d for d in devices if d.kind == "battery"]
+    commands = _split(pv, pvs, _up)
+    commands += _split(battery, batteries, _up if battery >= 0 else _down)
+    return commands
+
+
+def _split(total_kw: float, devices: list[DeviceReading],
+           capability: Callable[[DeviceReading], float]) -> list[DeviceCommand]:
+    caps = [capability(d) for d in devices]
+    whole = sum(caps)
+    share = min(abs(total_kw) / whole, 1.0) if whole > 0 else 0.0
+    sign = 1.0 if total_kw >= 0 else -1.0
+    return [DeviceCommand(id=d.id, p_kw=sign * share * cap, connect=True)
+            for d, cap in zip(devices, caps, strict=True)]
+
+
+def zero_commands(devices: list[DeviceReading], disconnect: bool) -> list[DeviceCommand]:
+    """disconnect / cease_to_energize: every online device goes to 0 kW (and opens)."""
+    return [DeviceCommand(id=d.id, p_kw=0.0, connect=not disconnect) for d in controllable(devices)]

@@ -1,0 +1,198 @@
+"""Domain types of the decision core: site parameters, measurements, device commands, inbound messages.
+
+Plain frozen dataclasses with no wire concerns: `gateway.protocol.codec` maps the wire schema onto them.
+Every time is an aware UTC `datetime`; every power is kW, positive = export / generation / discharge.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Literal
+
+Role = Literal["ieso", "ldc"]
+ROLES: tuple[Role, ...] = ("ieso", "ldc")
+PRIORITIES = ROLES
+DEFAULT_MODES = ("pv_available_battery_idle",)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """A set of limits, as an envelope or a default envelope carries them; None means no limit.
+
+    export/import are at the PCC (both ≥ 0); generation/load are sums over the site's devices.
+    """
+
+    export_limit_kw: float | None = None
+    import_limit_kw: float | None = None
+    generation_limit_kw: float | None = None
+    load_limit_kw: float | None = None
+
+
+@dataclass(frozen=True)
+class SiteParams:
+    site_id: str
+    resource_id: str
+    export_cap_kw: float  # connection agreement, never exceeded
+    import_cap_kw: float
+    default_envelope: Limits  # from the site config, until the LDC sends a default_envelope
+    dual_participation_priority: str = "ieso"  # or "ldc"
+    comms_timeout_s: float = 90
+    max_clock_skew_s: float = 300
+    target_tolerance_kw: float = 1.0
+    limit_margin_kw: float = 0.0  # closed-loop aims this far inside a PCC limit
+    default_mode: str = "pv_available_battery_idle"
+
+    def __post_init__(self) -> None:
+        # A bad configuration must stop the gateway at start, not surface as odd decisions later.
+        if self.dual_participation_priority not in PRIORITIES:
+            raise ValueError(f"dual_participation_priority must be one of {PRIORITIES}")
+        if self.default_mode not in DEFAULT_MODES:
+            raise ValueError(f"default_mode must be one of {DEFAULT_MODES}")
+        if min(self.export_cap_kw, self.import_cap_kw, self.target_tolerance_kw, self.limit_margin_kw) < 0:
+            raise ValueError("caps, tolerance and margin must be ≥ 0")
+        if self.comms_timeout_s <= 0 or self.max_clock_skew_s < 0:
+            raise ValueError("comms_timeout_s must be > 0 and max_clock_skew_s ≥ 0")
+
+
+@dataclass(frozen=True)
+class DeviceReading:
+    """One controllable device as last read; built by the app from Modbus/DNP3 reads."""
+
+    id: str
+    kind: str  # "pv" | "battery"
+    online: bool
+    stale: bool
+    p_kw: float  # measured, + = generation/discharge
+    q_kvar: float
+    rated_kw: float
+    available_kw: float  # PV: what it could produce now; battery: max discharge now (0 at SoC min)
+    max_charge_kw: float  # battery: max charge now (0 at SoC max); PV: 0
+    soc_pct: float | None
+    connected: bool
+
+
+@dataclass(frozen=True)
+class MeterReading:
+    p_kw: float  # at the PCC, + = export
+    q_kvar: float
+    v_pu: float
+    hz: float
+    online: bool
+    stale: bool
+
+
+@dataclass(frozen=True)
+class DeviceCommand:
+    """Setpoint for one device."""
+
+    id: str
+    p_kw: float
+    connect: bool
+
+
+@dataclass(frozen=True)
+class Serving:
+    """The instruction the site target currently serves, and the PCC kW decided for it."""
+
+    ref: str
+    kw: float
+
+
+# ---- inbound messages (PROTOCOL §3) ----------------------------------------------------------------
+# `type` is a field (not a class attribute) so that a stored message says what it is in a snapshot.
+
+
+@dataclass(frozen=True, kw_only=True)
+class Message:
+    id: str
+    issuer: Role
+    issued_at: datetime
+    raw: bytes = field(default=b"", repr=False)  # the payload as received, for the audit log
+    digest: str = ""  # canonical content hash: TDC-06 tells a repeat from a different message
+
+
+@dataclass(frozen=True, kw_only=True)
+class Dispatch(Message):
+    type: Literal["dispatch"] = field(default="dispatch", init=False)
+    resource_id: str
+    product: str  # energy | operating_reserve: both are a PCC target to follow
+    kind: str  # algorithmic | manual | blocked: all followed alike
+    target_kw: float
+    start: datetime
+    end: datetime
+    ramp_kw_per_min: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class Service(Message):
+    type: Literal["service"] = field(default="service", init=False)
+    service: str
+    target_kw: float
+    start: datetime
+    end: datetime
+
+
+@dataclass(frozen=True, kw_only=True)
+class Envelope(Message):
+    type: Literal["envelope"] = field(default="envelope", init=False)
+    start: datetime
+    end: datetime
+    limits: Limits
+    reason: str
+    replaces: str | None = None
+    ramp_s: float | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DefaultEnvelope(Message):
+    type: Literal["default_envelope"] = field(default="default_envelope", init=False)
+    limits: Limits
+
+
+@dataclass(frozen=True, kw_only=True)
+class Override(Message):
+    type: Literal["override"] = field(default="override", init=False)
+    action: str  # disconnect | cease_to_energize | hold
+    start: datetime
+    end: datetime | None = None  # open-ended until cancelled
+    reason: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Outage(Message):
+    type: Literal["outage"] = field(default="outage", init=False)
+    kind: str  # planned | forced
+    start: datetime
+    end: datetime
+    equipment: str
+    export_limit_kw: float = 0.0  # default 0/0: the site is isolated
+    import_limit_kw: float = 0.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cancel(Message):
+    type: Literal["cancel"] = field(default="cancel", init=False)
+    ref: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class Heartbeat(Message):
+    type: Literal["heartbeat"] = field(default="heartbeat", init=False)
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """An inbound payload the codec could not accept; `id` is None when there is no usable id."""
+
+    role: str  # the topic's role
+    msg_type: str  # the topic's type segment
+    id: str | None
+    reason: str
+    detail: str
+    raw: bytes = field(default=b"", repr=False)
+
+
+Target = Dispatch | Service  # what the site can serve (one at a time)
+Instruction = Dispatch | Service | Envelope | DefaultEnvelope | Override | Outage
+Inbound = Instruction | Cancel | Heartbeat

@@ -1,0 +1,60 @@
+"""Dataclass state ⇄ JSON-able dicts, so the engine's state can be persisted and restored.
+
+Driven by the type hints, so a new field needs no serialiser code. A union of dataclasses is told apart
+by its `type` field (every inbound message has one). Missing keys take the field's default, so a
+snapshot written by an older version still restores.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import types
+import typing
+from datetime import datetime
+from typing import Any
+
+
+def to_jsonable(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, datetime):
+        return obj.isoformat()
+    if isinstance(obj, bytes):
+        return base64.b64encode(obj).decode("ascii")
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(x) for x in obj]
+    if isinstance(obj, dict):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    return obj
+
+
+def from_jsonable(tp: Any, data: Any) -> Any:
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if data is None and type(None) in args:
+            return None
+        options = [a for a in args if a is not type(None)]
+        if len(options) == 1:
+            return from_jsonable(options[0], data)
+        for option in options:
+            if option.__dataclass_fields__["type"].default == data["type"]:
+                return from_jsonable(option, data)
+        raise ValueError(f"no {tp} has type {data['type']!r}")
+    if origin is tuple:
+        return tuple(from_jsonable(args[0], x) for x in data)
+    if origin is list:
+        return [from_jsonable(args[0], x) for x in data]
+    if origin is dict:
+        return {k: from_jsonable(args[1], v) for k, v in data.items()}
+    if dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp)
+        return tp(**{f.name: from_jsonable(hints[f.name], data[f.name])
+                     for f in dataclasses.fields(tp) if f.init and f.name in data})
+    if tp is datetime:
+        return datetime.fromisoformat(data)
+    if tp is bytes:
+        return base64.b64decode(data)
+    if tp is float:
+        return float(data)
+    return data  # str, int, bool, Literal

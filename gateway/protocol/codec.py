@@ -1,0 +1,175 @@
+"""The only bridge between the wire and the core: bytes ⇄ wire models ⇄ core domain values. Pure functions.
+
+Inbound checks, in this order (PROTOCOL §7 TDC-02, TDC-04):
+1. over 64 KiB → SCHEMA_INVALID (with the id when an oversize payload still parses, up to 1 MiB);
+2. not UTF-8 JSON, not an object, or no usable `id` (a string of 1–128 characters) → Invalid with id
+   None, which the engine answers with an `error` message;
+3. `v` a number other than 1 → UNSUPPORTED_VERSION (a `v` that is not a number is a schema error);
+4. a topic type that the role may not send, a `type` field that differs from the topic's type, or an
+   `issuer` that differs from the topic's role → UNAUTHORIZED;
+5. the wire model → SCHEMA_INVALID, with a short detail naming the first failing field.
+A valid message becomes the core's domain value, carrying the raw payload and a content digest: the
+SHA-256 of the validated message in canonical JSON (sorted keys, times in UTC), so a re-serialised
+repeat of the same message is recognised as identical (TDC-06).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any
+
+from pydantic import ValidationError
+
+from gateway.core import model as core
+from gateway.core.outbound import Availability, Constraint, ErrorMsg, Outbound, Response, Status, Telemetry
+from gateway.protocol import messages as wire
+
+MAX_PAYLOAD = 64 * 1024
+MAX_ID_RECOVERY = 1024 * 1024  # larger payloads are not even parsed to find their id
+ERROR_PAYLOAD_BYTES = 200
+
+
+def decode_inbound(role: str, msg_type: str, payload: bytes) -> core.Inbound | core.Invalid:
+    """`role` and `msg_type` are the topic's segments (tdc/v1/{site}/{role}/{msg_type}).
+
+    Raises ValueError for a role other than ieso/ldc: the app subscribes to those two only.
+    """
+    if role not in wire.INBOUND:
+        raise ValueError(f"unknown role {role!r}")
+    topic_type = msg_type[:64]  # echoed as ref_type; a topic segment can be anything
+
+    def invalid(reason: str, detail: str, msg_id: str | None) -> core.Invalid:
+        return core.Invalid(role, topic_type, msg_id, reason, detail, payload)
+
+    if len(payload) > MAX_PAYLOAD:
+        obj = _parse(payload) if len(payload) <= MAX_ID_RECOVERY else None
+        detail = f"payload of {len(payload)} bytes is over the {MAX_PAYLOAD}-byte limit"
+        return invalid("SCHEMA_INVALID", detail, _usable_id(obj))
+    try:
+        obj = json.loads(payload.decode("utf-8"))
+    except (ValueError, RecursionError) as err:
+        return invalid("SCHEMA_INVALID", f"not UTF-8 JSON: {err}"[:200], None)
+    if not isinstance(obj, dict):
+        return invalid("SCHEMA_INVALID", "payload is not a JSON object", None)
+    msg_id = _usable_id(obj)
+    if msg_id is None:
+        return invalid("SCHEMA_INVALID", "no usable id: a string of 1 to 128 characters is required", None)
+    v = obj.get("v")
+    if isinstance(v, int | float) and not isinstance(v, bool) and v != 1:
+        return invalid("UNSUPPORTED_VERSION", f"protocol version {v} is not supported; this gateway speaks 1",
+                       msg_id)
+    model = wire.INBOUND[role].get(msg_type)
+    if model is None:
+        return invalid("UNAUTHORIZED", f"{topic_type!r} is not a message type of role {role}", msg_id)
+    if "type" in obj and obj["type"] != msg_type:
+        detail = f"type {str(obj['type'])[:64]!r} differs from the topic's {topic_type!r}"
+        return invalid("UNAUTHORIZED", detail, msg_id)
+    if "issuer" in obj and obj["issuer"] != role:
+        detail = f"issuer {str(obj['issuer'])[:64]!r} differs from the topic's role {role}"
+        return invalid("UNAUTHORIZED", detail, msg_id)
+    try:
+        msg = model.model_validate_json(payload)
+    except ValidationError as err:
+        return invalid("SCHEMA_INVALID", _describe(err), msg_id)
+    return _to_domain(msg, payload)
+
+
+def _parse(payload: bytes) -> Any:
+    try:
+        return json.loads(payload.decode("utf-8"))
+    except (ValueError, RecursionError):
+        return None
+
+
+def _usable_id(obj: Any) -> str | None:
+    msg_id = obj.get("id") if isinstance(obj, dict) else None
+    return msg_id if isinstance(msg_id, str) and 1 <= len(msg_id) <= 128 else None
+
+
+def _describe(err: ValidationError) -> str:
+    """`target_kw: Input should be a valid number (and 1 more problem)`: the first problem, named."""
+    errors = err.errors()
+    first = errors[0]
+    where = ".".join(str(p) for p in first["loc"]) or "message"
+    what = {"extra_forbidden": "unknown field", "missing": "required field is missing"}.get(
+        first["type"], first["msg"].removeprefix("Value error, "))
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    return f"{where}: {what}{more}"[:300]
+
+
+def _to_domain(msg: wire._Inbound, payload: bytes) -> core.Inbound:
+    canonical = json.dumps(msg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"),
+                           ensure_ascii=False)
+    common: dict[str, Any] = {"id": msg.id, "issuer": msg.issuer, "issued_at": msg.issued_at, "raw": payload,
+                              "digest": hashlib.sha256(canonical.encode()).hexdigest()}
+    match msg:
+        case wire.Dispatch():
+            return core.Dispatch(**common, resource_id=msg.resource_id, product=msg.product, kind=msg.kind,
+                                 target_kw=msg.target_kw, start=msg.start, end=msg.end,
+                                 ramp_kw_per_min=msg.ramp_kw_per_min)
+        case wire.Service():
+            return core.Service(**common, service=msg.service, target_kw=msg.target_kw, start=msg.start,
+                                end=msg.end)
+        case wire.Envelope():
+            return core.Envelope(**common, start=msg.start, end=msg.end, limits=_limits(msg),
+                                 reason=msg.reason, replaces=msg.replaces, ramp_s=msg.ramp_s)
+        case wire.DefaultEnvelope():
+            return core.DefaultEnvelope(**common, limits=_limits(msg))
+        case wire.Override():
+            return core.Override(**common, action=msg.action, start=msg.start, end=msg.end, reason=msg.reason)
+        case wire.Outage():
+            return core.Outage(**common, kind=msg.kind, start=msg.start, end=msg.end, equipment=msg.equipment,
+                               export_limit_kw=msg.export_limit_kw, import_limit_kw=msg.import_limit_kw)
+        case wire.Cancel():
+            return core.Cancel(**common, ref=msg.ref)
+        case wire.Heartbeat():
+            return core.Heartbeat(**common)
+    raise TypeError(f"no mapping for {type(msg).__name__}")
+
+
+def _limits(msg: wire.Envelope | wire.DefaultEnvelope) -> core.Limits:
+    return core.Limits(msg.export_limit_kw, msg.import_limit_kw, msg.generation_limit_kw, msg.load_limit_kw)
+
+
+def encode_outbound(out: Outbound, site_id: str) -> tuple[str, bytes]:
+    """(topic suffix relative to tdc/v1/{site_id}/, JSON payload), validated through the wire model.
+
+    The message id is derived from the content (`gw-` + 32 hex digits of SHA-256), so encoding stays pure
+    and two different messages never share an id.
+    """
+    fields: dict[str, Any]
+    match out:
+        case Response():
+            suffix, model = f"gateway/response/{out.role}", wire.Response
+            fields = {"type": "response", "ref": out.ref, "ref_type": out.ref_type, "status": out.status,
+                      "at": out.at}
+            optional = {"reason": out.reason, "accepted_kw": out.accepted_kw, "detail": out.detail}
+            fields |= {k: v for k, v in optional.items() if v is not None}
+        case ErrorMsg():
+            suffix, model = "gateway/error", wire.Error
+            fields = {"type": "error", "topic": f"tdc/v1/{site_id}/{out.role}/{out.msg_type}",
+                      "reason": out.reason, "detail": out.detail,
+                      "payload": out.payload[:ERROR_PAYLOAD_BYTES].decode("utf-8", "backslashreplace")}
+        case Constraint():
+            suffix, model = "gateway/constraint", wire.Constraint
+            fields = {"type": "constraint", **dataclasses.asdict(out)}
+            del fields["at"]  # a constraint carries only issued_at
+        case Availability():
+            suffix, model = "gateway/availability", wire.Availability
+            fields = {"type": "availability", "windows": [dataclasses.asdict(w) for w in out.windows]}
+        case Telemetry():
+            suffix, model = "gateway/telemetry", wire.Telemetry
+            fields = {"type": "telemetry", **dataclasses.asdict(out)}
+            fields["serving"], fields["devices"] = list(fields["serving"]), list(fields["devices"])
+        case Status():
+            suffix, model = "gateway/status", wire.Status
+            fields = {"type": "status", "site_id": out.site_id, "state": out.state, "mode": out.mode,
+                      "comms": out.comms, "active": list(out.active), "version": out.version,
+                      "devices": {"online": out.devices_online, "total": out.devices_total}}
+        case _:
+            raise TypeError(f"cannot encode {type(out).__name__}")
+    msg_id = "gw-" + hashlib.sha256(f"{site_id}|{out!r}".encode()).hexdigest()[:32]
+    msg = model(v=1, id=msg_id, issuer="gateway", issued_at=out.at, **fields)
+    return suffix, msg.model_dump_json(exclude_unset=True).encode()

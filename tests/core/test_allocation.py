@@ -1,0 +1,111 @@
+"""From a site target to device setpoints: the split, the closed loop, and devices that drop out (TDC-22)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from gateway.core.allocation import DeviceRange, allocate, device_total, zero_commands
+from gateway.core.limits import UNLIMITED, Bound, InForce
+from gateway.core.model import Serving
+from gateway.core.outbound import Effective
+from gateway.core.report import telemetry
+from tests.core.script import Site, battery, pv
+
+PVS = [pv("pv1", 225.0), pv("pv2", 75.0)]
+BESS = [battery("b1", 100.0, 150.0), battery("b2", 50.0, 50.0)]
+
+
+def limits(export: float = 300.0, import_: float = 400.0, generation: float | None = None,
+           load: float | None = None) -> InForce:
+    return InForce(Bound(export, "ca"), Bound(import_, "ca"),
+                     Bound(generation, "g") if generation is not None else UNLIMITED,
+                     Bound(load, "l") if load is not None else UNLIMITED)
+
+
+def setpoints(total: float, eff: InForce | None = None) -> dict[str, float]:
+    return {c.id: c.p_kw for c in allocate(total, PVS + BESS, eff or limits())}
+
+
+def test_pv_first_then_the_batteries_discharge_for_the_rest_in_proportion() -> None:
+    assert setpoints(390.0) == pytest.approx({"pv1": 225.0, "pv2": 75.0, "b1": 60.0, "b2": 30.0})
+
+
+def test_the_batteries_absorb_what_pv_would_shed_then_pv_is_curtailed() -> None:
+    assert setpoints(200.0) == pytest.approx({"pv1": 225.0, "pv2": 75.0, "b1": -75.0, "b2": -25.0})
+    assert setpoints(50.0) == pytest.approx({"pv1": 187.5, "pv2": 62.5, "b1": -150.0, "b2": -50.0})
+    assert setpoints(-120.0) == pytest.approx({"pv1": 60.0, "pv2": 20.0, "b1": -150.0, "b2": -50.0})
+    assert setpoints(-200.0) == pytest.approx({"pv1": 0.0, "pv2": 0.0, "b1": -150.0, "b2": -50.0})
+
+
+def test_generation_and_load_limits_bound_the_split() -> None:
+    assert setpoints(100.0, limits(generation=100.0)) == pytest.approx({"pv1": 75.0, "pv2": 25.0, "b1": 0.0,
+                                                                        "b2": 0.0})
+    assert setpoints(200.0, limits(load=40.0)) == pytest.approx({"pv1": 180.0, "pv2": 60.0, "b1": -30.0,
+                                                                 "b2": -10.0})
+
+
+def test_device_total_aims_inside_the_pcc_limits_and_within_the_hard_bounds() -> None:
+    dev = DeviceRange.of(PVS + BESS)
+    assert device_total(50.0, 100.0, limits(export=100.0), dev, margin_kw=2.0) == 150.0
+    assert device_total(100.0, 100.0, limits(export=100.0), dev, margin_kw=2.0) == 198.0
+    assert device_total(100.0, None, limits(export=100.0), dev, margin_kw=2.0) == 98.0  # no meter: no credit
+    assert device_total(0.0, 30.0, limits(export=0.0, import_=0.0), dev, margin_kw=2.0) == 30.0  # isolated
+    assert device_total(500.0, 100.0, limits(export=600.0), dev, margin_kw=0.0) == 450.0  # all they can do
+    assert device_total(-500.0, 100.0, limits(load=50.0), dev, margin_kw=0.0) == -50.0
+
+
+def test_disconnect_commands_every_online_device() -> None:
+    devices = [*PVS, replace(BESS[0], stale=True), replace(BESS[1], online=False)]
+    assert [(c.id, c.p_kw, c.connect) for c in zero_commands(devices, disconnect=True)] == [
+        ("pv1", 0.0, False), ("pv2", 0.0, False), ("b1", 0.0, False)]
+
+
+def test_tdc_22_a_silent_device_gets_no_command_and_the_others_take_its_share() -> None:
+    site = Site()
+    site.send("dispatch", "d1", target_kw=150.0)
+    site.settle()
+    site.set_device("pv1", online=False)  # stopped answering, still producing
+    c = site.settle()
+    assert {cmd.id for cmd in c.commands} == {"pv2", "bess1"}
+    assert site.pcc_kw == pytest.approx(150.0)  # the meter closes the loop around it
+
+    site.set_device("pv1", p_kw=0.0)  # now it has really stopped: the battery covers its share
+    site.settle()
+    assert site.pcc_kw == pytest.approx(150.0)
+    assert site.devices["bess1"].p_kw == pytest.approx(135.0)
+
+    site.set_device("pv1", online=True)  # it answers again and is brought back
+    c = site.settle()
+    assert {cmd.id for cmd in c.commands} == {"pv1", "pv2", "bess1"}
+    assert site.pcc_kw == pytest.approx(150.0)
+    assert site.devices["pv1"].p_kw == pytest.approx(225.0)
+
+
+def test_tdc_22_a_stale_device_is_still_controlled_with_its_last_reading() -> None:
+    site = Site()
+    site.send("dispatch", "d1", target_kw=150.0)
+    site.settle()
+    site.set_device("pv2", stale=True)
+    c = site.settle()
+    assert {cmd.id for cmd in c.commands} == {"pv1", "pv2", "bess1"}
+    assert site.pcc_kw == pytest.approx(150.0)
+
+
+def test_telemetry_content_comes_from_the_cycle_and_the_readings() -> None:
+    site = Site()
+    site.send("dispatch", "d1", target_kw=150.0)
+    site.settle()
+    devices = list(site.devices.values())
+    c = site.cycle()
+    t = telemetry("site-1", 42, site.now, c, site.meter(), devices)
+    assert (t.seq, t.site.p_kw, t.site.soc_pct) == (42, pytest.approx(150.0), 50.0)
+    assert t.site.available_up_kw == pytest.approx(290.0)  # the battery could stop charging and discharge
+    assert t.site.available_down_kw == pytest.approx(360.0 + 110.0)  # PV to 0, battery to full charge
+    assert t.effective == Effective(150.0, 300.0, 400.0, "dispatch:d1", "normal")
+    assert t.serving == (Serving("d1", 150.0),)
+    assert [(x.id, x.setpoint_kw) for x in t.devices] == [("pv1", 225.0), ("pv2", 135.0),
+                                                          ("bess1", pytest.approx(-90.0))]
+    offline = telemetry("site-1", 43, site.now, c, replace(site.meter(), online=False), devices)
+    assert (offline.site.p_kw, offline.site.v_pu) == (None, None)
