@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from gateway import __version__
 from gateway.config import SiteFile
+from gateway.core import report
 from gateway.core.engine import Cycle, Engine
 from gateway.core.model import DeviceCommand, DeviceReading, Limits, MeterReading, SiteParams
+from gateway.core.outbound import Outbound, Status, Telemetry
 from gateway.north.mqtt import Inbound, MqttLink
 from gateway.protocol.codec import decode_inbound, encode_outbound
 from gateway.south.device import Device, Reading
@@ -105,11 +106,11 @@ class Gateway:
         self.read_deadline_s = 0.5 * self.interval_s
         self.meter_id = site.meter.id
         self.link = MqttLink(site.mqtt, site.site.id, self._on_message, self._on_connect,
-                             offline_payload=self._status_payload(online=False))
+                             offline_payload=encode_outbound(self._status(online=False), site.site.id)[1])
         self.snapshot = Snapshot()
         self.telemetry_seq = 0
         self._wake = asyncio.Event()
-        self._last_status: bytes | None = None
+        self._last_status: Status | None = None
         self.started = time.monotonic()
 
     # ---- north ---------------------------------------------------------------------------------------
@@ -123,7 +124,7 @@ class Gateway:
         self._last_status = None
         await self._publish_status()
 
-    async def _publish_outbound(self, outs: list) -> None:
+    async def _publish_outbound(self, outs: list[Outbound]) -> None:
         for out in outs:
             suffix, payload = encode_outbound(out, self.site.site.id)
             await self.link.publish(suffix, payload, retain=suffix.endswith("availability"))
@@ -176,75 +177,40 @@ class Gateway:
                 log.exception("control cycle failed")
 
     # ---- telemetry and status ------------------------------------------------------------------------------
-    def telemetry(self, now: datetime) -> dict:
+    def telemetry(self, now: datetime) -> Telemetry | None:
         cycle = self.snapshot.cycle
+        if cycle is None:
+            return None
         meter, devices = self._readings()
-        d = cycle.decision if cycle else None
-        batteries = [x for x in devices if x.kind == "battery" and x.online and x.soc_pct is not None]
-        online = [x for x in devices if x.online]
-        up = sum(max(0.0, x.available_kw - max(x.p_kw, 0.0)) for x in online)
-        down = sum(max(0.0, x.p_kw) + x.max_charge_kw for x in online)
         self.telemetry_seq += 1
-        return {
-            "v": 1, "type": "telemetry", "site_id": self.site.site.id, "seq": self.telemetry_seq,
-            "at": now.isoformat(),
-            "site": {
-                "p_kw": round(meter.p_kw, 3) if meter else None,
-                "q_kvar": round(meter.q_kvar, 3) if meter else None,
-                "v_pu": meter.v_pu if meter else None,
-                "hz": meter.hz if meter else None,
-                "available_up_kw": round(up, 3),
-                "available_down_kw": round(down, 3),
-                "soc_pct": round(sum(b.soc_pct for b in batteries) / len(batteries), 2)
-                if batteries else None,
-            },
-            "effective": {
-                "target_kw": d.target_kw if d else None,
-                "export_limit_kw": d.export_limit_kw if d else self.site.site.export_cap_kw,
-                "import_limit_kw": d.import_limit_kw if d else self.site.site.import_cap_kw,
-                "binding": d.binding if d else "connection_agreement",
-                "mode": cycle.mode if cycle else "normal",
-            },
-            "serving": [{"ref": s.ref, "kw": s.kw} for s in cycle.serving] if cycle else [],
-            "devices": [
-                {
-                    "id": x.id, "online": x.online, "stale": x.stale, "p_kw": round(x.p_kw, 3),
-                    "q_kvar": round(x.q_kvar, 3),
-                    "setpoint_kw": (self.pollers[x.id].command.p_kw if self.pollers[x.id].command else None),
-                    "soc_pct": x.soc_pct,
-                }
-                for x in devices
-            ],
-            "replayed": False,
-        }
+        return report.telemetry(self.site.site.id, self.telemetry_seq, now, cycle, meter, devices)
 
     async def _telemetry_loop(self) -> None:
         interval = self.site.site.telemetry_interval_s
         while True:
             # aligned to the clock: 5 s telemetry goes out at :00, :05, :10 …
             await asyncio.sleep(interval - (time.time() % interval))
-            payload = json.dumps(self.telemetry(utcnow())).encode()
-            await self.link.publish("gateway/telemetry", payload)
+            t = self.telemetry(utcnow())
+            if t is not None:
+                await self._publish_outbound([t])
 
-    def _status_payload(self, online: bool = True) -> bytes:
+    def _status(self, online: bool = True) -> Status:
         now = utcnow()
-        st = self.engine.status(now) if online else None
-        devices = list(self.pollers.values()) if hasattr(self, "pollers") else []
-        return json.dumps({
-            "v": 1, "type": "status", "site_id": self.site.site.id,
-            "state": "online" if online else "offline",
-            "mode": st.mode if st else "failsafe",
-            "comms": dict(st.comms) if st else {"ieso": "lost", "ldc": "lost"},
-            "active": list(st.active) if st else [],
-            "devices": {"online": sum(1 for p in devices if p.device.online), "total": len(devices)},
-            "version": __version__,
-        }).encode()
+        st = self.engine.status(now)
+        devices = [p.device for p in self.pollers.values()]
+        return Status(site_id=self.site.site.id, at=now, state="online" if online else "offline",
+                      mode=st.mode, comms=st.comms, active=st.active,
+                      devices_online=sum(d.online for d in devices), devices_total=len(devices),
+                      version=__version__)
 
     async def _publish_status(self, force: bool = False) -> None:
-        payload = self._status_payload()
-        changed = force or payload != self._last_status
-        if changed and await self.link.publish("gateway/status", payload, retain=True):
-            self._last_status = payload
+        # compared without its time, so an unchanged status is not republished every cycle
+        status = self._status()
+        key = replace(status, at=datetime.min)
+        if force or key != self._last_status:
+            suffix, payload = encode_outbound(status, self.site.site.id)
+            if await self.link.publish(suffix, payload, retain=True):
+                self._last_status = key
 
     async def _status_loop(self) -> None:
         while True:

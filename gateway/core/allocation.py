@@ -9,6 +9,12 @@ device total stays within [−import limit, export limit], so export at the PCC 
 limit (load ≥ 0). The import limit then cannot be guaranteed; the devices themselves never import more
 than it.
 
+PV available power is often an estimate (the 1547 models do not report it): an inverter held at its
+estimate cannot show that the sun now gives more. So a PV that is not being curtailed gets its estimate
+plus a probe (10 % of its rating at most), but never more than the room left below the export and
+generation limits: if the sun does give more, the PCC rises by at most that room, and the next reading
+raises the estimate.
+
 The split: PV first up to its available power; the batteries discharge for the rest, or charge with what
 PV would otherwise have to shed, within their capability and the load limit; then PV is curtailed.
 Several PVs (or batteries) share in proportion to what each can do now, so none is asked for more than
@@ -78,8 +84,19 @@ def device_total(target_kw: float, load_kw: float | None, eff: InForce, dev: Dev
     return min(max(total, lo.kw), hi.kw)
 
 
-def allocate(total_kw: float, devices: list[DeviceReading], eff: InForce) -> list[DeviceCommand]:
-    """Setpoints for the controllable `devices` that add up to `total_kw` (already within their bounds)."""
+PROBE_FRACTION = 0.1
+
+
+def limit_room(total_kw: float, load_kw: float | None, eff: InForce, margin_kw: float) -> float:
+    """How far the device total may rise before the PCC export or the generation limit would bind."""
+    top = eff.export.kw - margin_kw + (load_kw or 0.0)
+    return max(0.0, min(top, eff.generation.kw) - total_kw)
+
+
+def allocate(total_kw: float, devices: list[DeviceReading], eff: InForce,
+             room_kw: float = 0.0) -> list[DeviceCommand]:
+    """Setpoints for the controllable `devices` that add up to `total_kw` (already within their bounds);
+    `room_kw` (see `limit_room`) is what an uncurtailed PV may be allowed above its estimate."""
     pv_cap = min(sum(_up(d) for d in devices if d.kind == "pv"), eff.generation.kw)
     if total_kw >= pv_cap:
         pv, battery = pv_cap, total_kw - pv_cap
@@ -90,6 +107,12 @@ def allocate(total_kw: float, devices: list[DeviceReading], eff: InForce) -> lis
     pvs = [d for d in devices if d.kind == "pv"]
     batteries = [d for d in devices if d.kind == "battery"]
     commands = _split(pv, pvs, _up)
+    if pvs and pv >= sum(_up(d) for d in pvs):  # not curtailed: let each PV show what more it has
+        rated = sum(d.rated_kw for d in pvs) or 1.0
+        gross = pv + max(battery, 0.0)  # the generation limit counts gross output
+        probe = max(0.0, min(room_kw, eff.generation.kw - gross, PROBE_FRACTION * rated))
+        commands = [DeviceCommand(c.id, min(max(d.rated_kw, c.p_kw), c.p_kw + probe * d.rated_kw / rated),
+                                  c.connect) for c, d in zip(commands, pvs, strict=True)]
     commands += _split(battery, batteries, _up if battery >= 0 else _down)
     return commands
 

@@ -20,7 +20,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from gateway.core.allocation import DeviceRange, allocate, controllable, device_total, zero_commands
+from gateway.core.allocation import (
+    DeviceRange,
+    allocate,
+    controllable,
+    device_total,
+    limit_room,
+    zero_commands,
+)
 from gateway.core.arbitration import Context, assess, pcc_target, served_at
 from gateway.core.availability import WINDOW_TYPES, windows
 from gateway.core.comms import Supervision
@@ -249,7 +256,9 @@ class Engine:
         requested = self._requested(served, dev, load, now)
         target = pcc_target(requested, eff, dev, load or 0.0)
         total = device_total(target.kw, load, eff, dev, params.limit_margin_kw)
-        commands = zero_commands(devices, eff.disconnect) if eff.zeroed_by else allocate(total, ctrl, eff)
+        room = limit_room(total, load, eff, params.limit_margin_kw)
+        commands = (zero_commands(devices, eff.disconnect) if eff.zeroed_by
+                    else allocate(total, ctrl, eff, room))
 
         ramping = served is not None and getattr(served.msg, "ramp_kw_per_min", None)
         st.ramp = Ramp(served.msg.id, target.kw, now) if served and ramping else None

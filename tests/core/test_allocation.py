@@ -105,7 +105,9 @@ def test_telemetry_content_comes_from_the_cycle_and_the_readings() -> None:
     assert t.site.available_down_kw == pytest.approx(360.0 + 110.0)  # PV to 0, battery to full charge
     assert t.effective == Effective(150.0, 300.0, 400.0, "dispatch:d1", "normal")
     assert t.serving == (Serving("d1", 150.0),)
-    assert [(x.id, x.setpoint_kw) for x in t.devices] == [("pv1", 225.0), ("pv2", 135.0),
+    # PV is not curtailed, so each gets its available power plus a probe of 10 % of the PV rating
+    # (2 × 250 kW → 50 kW, split by rating), capped at its rating; the battery absorbs the rest.
+    assert [(x.id, x.setpoint_kw) for x in t.devices] == [("pv1", 250.0), ("pv2", 160.0),
                                                           ("bess1", pytest.approx(-90.0))]
     offline = telemetry("site-1", 43, site.now, c, replace(site.meter(), online=False), devices)
     assert (offline.site.p_kw, offline.site.v_pu) == (None, None)

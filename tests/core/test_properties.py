@@ -147,8 +147,10 @@ def check_cycle(c: Cycle, lim: dict[str, Any], devices: list[m.DeviceReading],
     for cmd in c.commands:
         x = by_id[cmd.id]
         assert x.online
-        assert -x.max_charge_kw - EPS <= cmd.p_kw <= x.available_kw + EPS
-        assert x.kind == "battery" or cmd.p_kw >= -EPS
+        if x.kind == "pv":  # a PV command is a limit: above its (estimated) available power is a probe
+            assert -EPS <= cmd.p_kw <= max(x.available_kw, x.rated_kw) + EPS
+        else:
+            assert -x.max_charge_kw - EPS <= cmd.p_kw <= x.available_kw + EPS
     if meter.online:
         pcc = total - load  # what the PCC will show once the devices follow
         assert pcc <= lim["export"] + EPS or total <= lo + EPS

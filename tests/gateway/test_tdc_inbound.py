@@ -6,6 +6,7 @@ Driven only through MQTT on a real mosquitto, against the simulated site.
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 
 import pytest
 
@@ -15,13 +16,18 @@ DECISIONS = {"accepted", "constrained", "rejected"}
 pytestmark = pytest.mark.asyncio
 
 
+def t_now() -> datetime:
+    return datetime.now(UTC)
+
+
 async def assert_nothing_changed(rig: Rig) -> None:
     """No instruction is active and the site still runs its default mode, so the gateway is unchanged."""
-    status = await rig.wait_status(lambda s: True, start=0)
-    assert status["state"] == "online"
-    t = await rig.telemetry(start=len(rig.peer.messages))
+    mark = len(rig.peer.messages)
+    t = await rig.telemetry(start=mark)
     assert t["serving"] == []
-    assert t["effective"]["binding"] in ("connection_agreement", "device_capacity")
+    assert t["effective"]["binding"] == "default_mode"
+    status = rig.gateway.engine.status(t_now())
+    assert status.active == ()
 
 
 async def test_tdc_01_every_instruction_gets_received_then_exactly_one_decision(rig: Rig) -> None:
