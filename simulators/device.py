@@ -112,6 +112,7 @@ class SunSpecDevice:
         self.id = cfg.id
         self.map = SunSpecMap(models, locked={(1, "DA")})
         self.reversions = list(reversions)
+        self.last_write_at: float | None = None
         self._power_on = {
             key: self.map.get(*key) for key in self.map.writable_points() if key[0] in VOLATILE_MODELS
         }
@@ -136,6 +137,8 @@ class SunSpecDevice:
         now = time.monotonic()
         for r in self.reversions:
             r.on_write(self.map, touched, now)
+        if touched:  # wall clock, so a benchmark in another process can time a command to its write
+            self.last_write_at = time.time()
         return applied
 
     # --- faults -------------------------------------------------------------------------------------
@@ -227,4 +230,5 @@ class SunSpecDevice:
             "connected": self.connected,
             "active_limit_pct": None if self.active_limit_pct is None else round(self.active_limit_pct, 3),
             "fault": self.fault,
+            "last_write_at": self.last_write_at,
         }

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from tests.support.mosquitto import Mosquitto
+from simulators.mosquitto import Mosquitto
 from tests.support.rig import Rig, example_site
 
 

@@ -16,8 +16,8 @@ from typing import Any
 from gateway.app import Gateway
 from gateway.config import SiteFile, parse_site
 from gateway.north.mqtt import MqttPeer
+from simulators.mosquitto import free_port
 from simulators.site import SiteSimulator
-from tests.support.mosquitto import free_port
 
 EXAMPLE_SITE = Path(__file__).resolve().parents[2] / "examples" / "site.toml"
 

@@ -1,4 +1,4 @@
-"""A real mosquitto broker for the tests, on a free loopback port, stopped and restarted at will."""
+"""A real mosquitto broker on a free loopback port (tests, benchmarks), stopped and restarted at will."""
 
 from __future__ import annotations
 
