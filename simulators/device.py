@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, cast
@@ -112,7 +113,7 @@ class SunSpecDevice:
         self.id = cfg.id
         self.map = SunSpecMap(models, locked={(1, "DA")})
         self.reversions = list(reversions)
-        self.last_write_at: float | None = None
+        self.writes_at: deque[float] = deque(maxlen=16)  # when its registers were last written
         self._power_on = {
             key: self.map.get(*key) for key in self.map.writable_points() if key[0] in VOLATILE_MODELS
         }
@@ -138,7 +139,7 @@ class SunSpecDevice:
         for r in self.reversions:
             r.on_write(self.map, touched, now)
         if touched:  # wall clock, so a benchmark in another process can time a command to its write
-            self.last_write_at = time.time()
+            self.writes_at.append(time.time())
         return applied
 
     # --- faults -------------------------------------------------------------------------------------
@@ -230,5 +231,5 @@ class SunSpecDevice:
             "connected": self.connected,
             "active_limit_pct": None if self.active_limit_pct is None else round(self.active_limit_pct, 3),
             "fault": self.fault,
-            "last_write_at": self.last_write_at,
+            "writes_at": list(self.writes_at),
         }
