@@ -11,14 +11,17 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from typing import Any
 
 from gateway import __version__
 from gateway.config import SiteFile
 from gateway.core import report
 from gateway.core.engine import Cycle, Engine
-from gateway.core.model import DeviceCommand, DeviceReading, Limits, MeterReading, SiteParams
+from gateway.core.model import DeviceCommand, DeviceReading, Invalid, Limits, MeterReading, SiteParams
+from gateway.core.model import Inbound as CoreInbound
 from gateway.core.outbound import Outbound, Status, Telemetry
 from gateway.north.mqtt import Inbound, MqttLink
 from gateway.protocol.codec import decode_inbound, encode_outbound
@@ -112,13 +115,22 @@ class Gateway:
         self._wake = asyncio.Event()
         self._last_status: Status | None = None
         self.started = time.monotonic()
+        # Called after every control cycle (e.g. the SCADA outstation's points, the status page).
+        self.cycle_listeners: list[Callable[[Cycle, MeterReading | None, list[DeviceReading]], None]] = []
+        # Long-running parts added by optional faces (DNP3 outstation, web page): run beside the loop.
+        self.services: list[Callable[[], Coroutine[Any, Any, None]]] = []
 
     # ---- north ---------------------------------------------------------------------------------------
     async def _on_message(self, inbound: Inbound) -> None:
-        msg = decode_inbound(inbound.role, inbound.msg_type, inbound.payload)
+        await self.submit(decode_inbound(inbound.role, inbound.msg_type, inbound.payload))
+
+    async def submit(self, msg: CoreInbound | Invalid) -> list[Outbound]:
+        """Every instruction, from MQTT or from LDC SCADA (DNP3), takes this one path: decided by the
+        core, answered on MQTT, and followed by a control cycle at once (TDC-11)."""
         outs = self.engine.receive(msg, utcnow())
         await self._publish_outbound(outs)
         self._wake.set()
+        return outs
 
     async def _on_connect(self) -> None:
         self._last_status = None
@@ -162,6 +174,8 @@ class Gateway:
         for cmd in cycle.commands:
             self.pollers[cmd.id].give(cmd)
         self.snapshot = Snapshot(cycle=cycle, at=now)
+        for listener in self.cycle_listeners:
+            listener(cycle, meter, devices)
         await self._publish_outbound(cycle.outbound)
         await self._publish_status()
         return cycle
@@ -223,6 +237,7 @@ class Gateway:
         tasks += [asyncio.create_task(c, name=n) for n, c in (
             ("mqtt", self.link.run()), ("control", self._control_loop()),
             ("telemetry", self._telemetry_loop()), ("status", self._status_loop()))]
+        tasks += [asyncio.create_task(service(), name=service.__qualname__) for service in self.services]
         try:
             await asyncio.gather(*tasks)
         finally:
