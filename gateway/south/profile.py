@@ -69,6 +69,9 @@ class PowerControl(_Strict):
     reversion: float | Literal["safe_limit_pct"] = Field(
         default=0.0, description="value after the reversion timeout, in `unit`, or the site's safe_limit_pct"
     )
+    hold_last_on_loss: bool = Field(
+        default=False, description="write the timer as 0: the device keeps the last command when the gateway "
+        "stops (for models whose reversion is 'no limit', such as 123)")
 
     @model_validator(mode="after")
     def _check_reversion(self) -> PowerControl:

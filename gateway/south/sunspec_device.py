@@ -324,11 +324,10 @@ class SunSpecDevice(Device):
         await self._apply(force=False)
 
     async def _keep_alive(self) -> None:
-        # Writes only when a refresh or a heartbeat is due.
+        # Writes only when a refresh or a heartbeat is due, and nothing before the first command: after
+        # a restart, the first write a device sees carries the restored limits (TDC-19).
         if self._command is not None:
             await self._apply(force=False)
-        else:
-            await self._beat(time.monotonic())
 
     async def _close(self) -> None:
         await self._unit.close()
@@ -532,7 +531,8 @@ class SunSpecDevice(Device):
             writes.append(_Write(pp.reversion_value, self._scaled(pp.reversion_value, reversion, image)))
         if pp.reversion_enable is not None:
             writes.append(_Write(pp.reversion_enable, pp.reversion_enable.pdef.symbols[pc.enabled]))
-        writes.append(_Write(pp.reversion_timer, self._reversion_s))
+        # 0 = no reversion: a device without a reversion value keeps the last limit (see the profile)
+        writes.append(_Write(pp.reversion_timer, 0 if pc.hold_last_on_loss else self._reversion_s))
         writes.append(_Write(pp.enable, pp.enable.pdef.symbols[pc.enabled]))
         return tuple(writes)
 

@@ -46,7 +46,8 @@ async def test_legacy_pv_limit_goes_to_123(run_site) -> None:
 
     ctl = (await reference_read(cfg.port))[123]
     assert ctl["WMaxLimPct"] == pytest.approx(40.0)
-    assert ctl["WMaxLimPct_RvrtTms"] == cfg.reversion_timeout_s
+    # 123 would revert to "no limit": the timer is 0, so the inverter keeps the gateway's last limit
+    assert ctl["WMaxLimPct_RvrtTms"] == 0
     assert ctl["WMaxLim_Ena"] == 1
     assert {w.point for w in site.writes_to("pv2")} == {
         "123.WMaxLimPct", "123.WMaxLimPct_RvrtTms", "123.WMaxLim_Ena", "123.Conn",
@@ -93,18 +94,30 @@ async def test_disconnect_and_connect(run_site, device_id: str, point: str, off:
     await reading_of(dev, "connected read back", lambda r: r.connected is True)
 
 
+async def test_nothing_is_written_before_the_first_command(run_site) -> None:
+    # After a restart the first write a device sees must carry the restored limits (TDC-19).
+    site = await run_site()
+    pv1 = site.devices["pv1"]
+    for _ in range(3):
+        assert await pv1.read() is not None
+    assert site.writes_to("pv1") == []
+
+
 async def test_controller_heartbeat_counts_up_in_715(run_site) -> None:
     site = await run_site()
     pv1 = site.devices["pv1"]
     cfg = next(d for d in site.config.devices if d.id == "pv1")
+    assert await pv1.write(Setpoint(p_kw=200.0))
+
+    def beats() -> list:
+        return [w for w in site.writes_to("pv1") if w.purpose == "heartbeat"]
 
     async def two_beats() -> bool:
         await pv1.read()  # the control loop's read keeps the heartbeat going, at most once a second
-        return len(site.writes_to("pv1")) >= 2
+        return len(beats()) >= 2
 
     await wait_until("two heartbeats written", two_beats)
-    beats = [w.raw for w in site.writes_to("pv1")]
-    assert {w.point for w in site.writes_to("pv1")} == {"715.ControllerHb"}
-    assert all(w.purpose == "heartbeat" for w in site.writes_to("pv1"))
-    assert beats == list(range(beats[0], beats[0] + len(beats)))
-    assert (await reference_read(cfg.port))[715]["ControllerHb"] == beats[-1]
+    raws = [w.raw for w in beats()]
+    assert {w.point for w in beats()} == {"715.ControllerHb"}
+    assert raws == list(range(raws[0], raws[0] + len(raws)))
+    assert (await reference_read(cfg.port))[715]["ControllerHb"] >= raws[-1]
