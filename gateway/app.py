@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -23,10 +24,12 @@ from gateway.core.engine import Cycle, Engine
 from gateway.core.model import DeviceCommand, DeviceReading, Invalid, Limits, MeterReading, SiteParams
 from gateway.core.model import Inbound as CoreInbound
 from gateway.core.outbound import Outbound, Status, Telemetry
+from gateway.journal import Encoded, Journal
 from gateway.north.mqtt import Inbound, MqttLink
 from gateway.protocol.codec import decode_inbound, encode_outbound
 from gateway.south.device import Device, Reading
 from gateway.south.factory import build_devices
+from gateway.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +105,11 @@ class Gateway:
             site.mqtt.broker = broker_url
         self.interval_s = site.site.control_interval_s
         self.engine = Engine(site_params(site), utcnow())
-        self.pollers = {d.id: DevicePoller(d) for d in build_devices(site)}
+        self.store = Store(site.store.path, site.store.outbox_max_messages)
+        self.journal = Journal(self.store)
+        # Before any device is touched: limits, overrides and seen ids as they were (TDC-19).
+        self.restored = self.journal.restore(self.engine)
+        self.pollers = {d.id: DevicePoller(d) for d in build_devices(site, on_write=self.journal.on_write)}
         # Reads that miss this deadline leave their device's last reading in use (it turns stale), so a
         # slow or silent device cannot hold up the cycle; readings of one cycle are taken together, so
         # the load estimate (Σ devices − meter) compares like with like.
@@ -111,8 +118,9 @@ class Gateway:
         self.link = MqttLink(site.mqtt, site.site.id, self._on_message, self._on_connect,
                              offline_payload=encode_outbound(self._status(online=False), site.site.id)[1])
         self.snapshot = Snapshot()
-        self.telemetry_seq = 0
+        self.telemetry_seq = self.store.outbox.last_seq()  # contiguous across restarts, never reused
         self._wake = asyncio.Event()
+        self._outbox_lock = asyncio.Lock()
         self._last_status: Status | None = None
         self.started = time.monotonic()
         # Called after every control cycle (e.g. the SCADA outstation's points, the status page).
@@ -122,23 +130,30 @@ class Gateway:
 
     # ---- north ---------------------------------------------------------------------------------------
     async def _on_message(self, inbound: Inbound) -> None:
-        await self.submit(decode_inbound(inbound.role, inbound.msg_type, inbound.payload))
+        await self.submit(decode_inbound(inbound.role, inbound.msg_type, inbound.payload), source="mqtt")
 
-    async def submit(self, msg: CoreInbound | Invalid) -> list[Outbound]:
+    async def submit(self, msg: CoreInbound | Invalid, source: str) -> list[Outbound]:
         """Every instruction, from MQTT or from LDC SCADA (DNP3), takes this one path: decided by the
-        core, answered on MQTT, and followed by a control cycle at once (TDC-11)."""
-        outs = self.engine.receive(msg, utcnow())
-        await self._publish_outbound(outs)
+        core, written to disk with its decision, answered on MQTT, and followed at once by a control
+        cycle (TDC-11)."""
+        now = utcnow()
+        outs = self.engine.receive(msg, now)
+        encoded = self._encode(outs)
+        self.journal.instruction(msg, source, encoded, self.engine, now)
+        await self._publish(encoded)
         self._wake.set()
         return outs
 
     async def _on_connect(self) -> None:
         self._last_status = None
         await self._publish_status()
+        await self._flush_outbox()
 
-    async def _publish_outbound(self, outs: list[Outbound]) -> None:
-        for out in outs:
-            suffix, payload = encode_outbound(out, self.site.site.id)
+    def _encode(self, outs: list[Outbound]) -> list[Encoded]:
+        return [encode_outbound(out, self.site.site.id) for out in outs]
+
+    async def _publish(self, encoded: list[Encoded]) -> None:
+        for suffix, payload in encoded:
             await self.link.publish(suffix, payload, retain=suffix.endswith("availability"))
 
     # ---- the control cycle -----------------------------------------------------------------------------
@@ -176,7 +191,9 @@ class Gateway:
         self.snapshot = Snapshot(cycle=cycle, at=now)
         for listener in self.cycle_listeners:
             listener(cycle, meter, devices)
-        await self._publish_outbound(cycle.outbound)
+        encoded = self._encode(cycle.outbound)
+        self.journal.cycle(cycle, encoded, self.engine)
+        await self._publish(encoded)
         await self._publish_status()
         return cycle
 
@@ -206,7 +223,29 @@ class Gateway:
             await asyncio.sleep(interval - (time.time() % interval))
             t = self.telemetry(utcnow())
             if t is not None:
-                await self._publish_outbound([t])
+                _, payload = encode_outbound(t, self.site.site.id)
+                self.journal.telemetry(t.seq, payload)
+                await self._flush_outbox(live_seq=t.seq)
+
+    async def _flush_outbox(self, live_seq: int | None = None) -> None:
+        """Publish the outbox in seq order; what waited for the broker goes out marked `replayed`."""
+        async with self._outbox_lock:  # the telemetry loop and a reconnect may both flush
+            await self._flush_locked(live_seq)
+
+    async def _flush_locked(self, live_seq: int | None) -> None:
+        outbox = self.store.outbox
+        while batch := outbox.pending(500):
+            sent = 0
+            for seq, payload in batch:
+                if seq != live_seq:
+                    payload = json.dumps({**json.loads(payload), "replayed": True}).encode()
+                if not await self.link.publish("gateway/telemetry", payload):
+                    break
+                sent = seq
+            if sent:
+                outbox.ack(sent)
+            if sent != batch[-1][0]:
+                return  # the broker went away again: the rest waits for the next connection
 
     def _status(self, online: bool = True) -> Status:
         now = utcnow()
@@ -245,3 +284,4 @@ class Gateway:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await asyncio.gather(*(p.device.close() for p in self.pollers.values()), return_exceptions=True)
+            self.store.close()

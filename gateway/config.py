@@ -54,9 +54,17 @@ class MqttSection(_Strict):
     broker: str = Field(default="mqtt://127.0.0.1:1883", pattern=r"^mqtts?://[^:/]+(:\d+)?/?$")
     client_id: str | None = None
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+    reconnect_max_s: Annotated[float, Field(ge=0.5, le=300)] = 30.0
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None
+
+
+class StoreSection(_Strict):
+    """Where the gateway keeps what must survive a restart (instructions, seen ids, audit, telemetry)."""
+
+    path: Path = Path("var/der-gateway.sqlite")
+    outbox_max_messages: Annotated[int, Field(ge=10)] = 100_000
 
 
 class DeviceSim(_Strict):
@@ -95,11 +103,22 @@ class SimulatorSection(_Strict):
     control_port: Port | None = None
 
 
+class WebSection(_Strict):
+    """The status page, /api/status and /metrics. Loopback by default: open it to the site LAN only on
+    purpose (it has no authentication; see docs/install.md)."""
+
+    enabled: bool = False
+    host: str = Field(default="127.0.0.1", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$")
+    port: Port = 8080
+
+
 class SiteFile(_Strict):
     site: SiteSection
     mqtt: MqttSection = Field(default_factory=MqttSection)
+    store: StoreSection = Field(default_factory=StoreSection)
     devices: list[DeviceConfig] = Field(min_length=1)
     simulator: SimulatorSection = Field(default_factory=SimulatorSection)
+    web: WebSection = Field(default_factory=WebSection)
 
     @model_validator(mode="after")
     def _check_devices(self) -> SiteFile:

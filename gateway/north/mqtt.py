@@ -111,7 +111,7 @@ class MqttLink:
                 self.connected.clear()
             self.reconnects += 1
             await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
-            delay = min(delay * 2, 30.0)
+            delay = min(delay * 2, self.cfg.reconnect_max_s)
 
     async def _deliver(self, message: aiomqtt.Message) -> None:
         topic = str(message.topic)

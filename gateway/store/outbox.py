@@ -22,16 +22,15 @@ class Outbox:
         return int(row[0]) if row else 0
 
     def put(self, seq: int, payload: bytes) -> None:
-        with self.conn:
-            self.conn.execute("BEGIN")
-            self.conn.execute("INSERT INTO outbox (seq, payload) VALUES (?, ?)", (seq, payload))
-            self.conn.execute("INSERT OR REPLACE INTO state (key, value) VALUES ('telemetry_seq', ?)",
-                              (str(seq),))
-            over = self.depth() - self.max_messages
-            if over > 0:
-                self.conn.execute(
-                    "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?)", (over,))
-                self.evicted += over
+        """Store one message (call inside `Store.transaction`, with whatever else belongs with it)."""
+        self.conn.execute("INSERT INTO outbox (seq, payload) VALUES (?, ?)", (seq, payload))
+        self.conn.execute("INSERT OR REPLACE INTO state (key, value) VALUES ('telemetry_seq', ?)",
+                          (str(seq),))
+        over = self.depth() - self.max_messages
+        if over > 0:
+            self.conn.execute(
+                "DELETE FROM outbox WHERE seq IN (SELECT seq FROM outbox ORDER BY seq LIMIT ?)", (over,))
+            self.evicted += over
 
     def pending(self, limit: int = 500) -> list[tuple[int, bytes]]:
         return self.conn.execute("SELECT seq, payload FROM outbox ORDER BY seq LIMIT ?", (limit,)).fetchall()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway.store import Store
 from gateway.store.audit import AuditLog, verify
 from gateway.store.db import open_db
 from gateway.store.outbox import Outbox
@@ -71,10 +72,11 @@ def test_unknown_kind_is_refused(tmp_path: Path) -> None:
 
 
 def test_outbox_keeps_order_evicts_oldest_and_remembers_seq(tmp_path: Path) -> None:
-    conn = open_db(tmp_path / "gw.sqlite")
-    box = Outbox(conn, max_messages=3)
+    store = Store(tmp_path / "gw.sqlite", outbox_max_messages=3)
+    conn, box = store.conn, store.outbox
     for seq in range(1, 6):
-        box.put(seq, f"m{seq}".encode())
+        with store.transaction():
+            box.put(seq, f"m{seq}".encode())
     assert [s for s, _ in box.pending()] == [3, 4, 5]
     assert box.evicted == 2
     box.ack(4)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import tempfile
 import tomllib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -30,6 +31,9 @@ def example_site(**site_overrides: Any) -> SiteFile:
     data["simulator"]["control_port"] = None
     data["simulator"]["load_variation_kw"] = 0.0  # a steady load makes every expected PCC exact
     data["site"].update({"telemetry_interval_s": 1.0, **site_overrides})
+    # every site its own store; a gateway restarted on the same SiteFile finds its state again
+    data["store"] = {"path": str(Path(tempfile.mkdtemp(prefix="der-gateway-")) / "gateway.sqlite")}
+    data["mqtt"] = {"reconnect_max_s": 2.0}
     return parse_site(data)
 
 
