@@ -44,6 +44,22 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     return run_simulate(load_site(args.site), live=not args.quiet)
 
 
+def _cmd_audit_verify(args: argparse.Namespace) -> int:
+    from gateway.store.audit import verify
+    from gateway.store.db import open_db
+
+    path = Path(args.db) if args.db else load_site(args.site).store.path
+    if not path.exists():
+        print(f"error: {path}: no such store (check [store] path in the site file)", file=sys.stderr)
+        return 2
+    result = verify(open_db(path))
+    if result.ok:
+        print(f"{path}: audit log intact, {result.records} records")
+        return 0
+    print(f"{path}: audit log BROKEN at record {result.records}: {result.problem}")
+    return 1
+
+
 def _cmd_schema(args: argparse.Namespace) -> int:
     from gateway.protocol.schema import json_schema
 
@@ -80,6 +96,14 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("check-config", help="validate a site file")
     s.add_argument("site", help="site file (TOML)")
     s.set_defaults(func=_cmd_check_config)
+
+    s = sub.add_parser("audit", help="the audit log")
+    audit = s.add_subparsers(dest="audit_command", required=True)
+    v = audit.add_parser("verify", help="check the hash chain; name the first broken record")
+    where = v.add_mutually_exclusive_group(required=True)
+    where.add_argument("--site", help="site file (its [store] path)")
+    where.add_argument("--db", help="the gateway's SQLite file")
+    v.set_defaults(func=_cmd_audit_verify)
 
     s = sub.add_parser("schema", help="print the JSON Schema of the T-D coordination protocol")
     s.add_argument("--out", help="write to this file instead of stdout")
