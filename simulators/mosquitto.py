@@ -32,24 +32,30 @@ def mosquitto_binary() -> str:
 
 
 class Mosquitto:
-    def __init__(self, workdir: Path, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, persistence: bool = False) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.proc: subprocess.Popen | None = None
         self.conf = workdir / "mosquitto.conf"
-        self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
+        lines = [
+            f"listener {self.port} 127.0.0.1",
+            "allow_anonymous true",
             # mosquitto's default queue limit silently drops QoS 1 messages to a slow subscriber.
-            "max_queued_messages 100000\n"
-            "persistence false\n"
+            "max_queued_messages 100000",
             # Without it a response that follows a PUBACK on the same socket waits ~40 ms (Nagle against
             # the receiver's delayed ACK): receipt latency would measure TCP, not the gateway.
-            "set_tcp_nodelay true\n"
-            f"log_dest file {workdir / 'mosquitto.log'}\n"
-            # As root, mosquitto would drop to user `mosquitto`, which cannot write the test's temp dir.
-            + ("user root\n" if os.geteuid() == 0 else "")
-        )
+            "set_tcp_nodelay true",
+            f"log_dest file {workdir / 'mosquitto.log'}",
+        ]
+        # persistence keeps sessions and queued QoS 1 messages across a stop and a start
+        if persistence:
+            lines += ["persistence true", f"persistence_location {workdir}/"]
+        else:
+            lines.append("persistence false")
+        # As root, mosquitto would drop to user `mosquitto`, which cannot write the test's temp dir.
+        if os.geteuid() == 0:
+            lines.append("user root")
+        self.conf.write_text("\n".join(lines) + "\n")
 
     @property
     def url(self) -> str:

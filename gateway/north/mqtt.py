@@ -144,9 +144,11 @@ class MqttPeer:
     """
 
     def __init__(self, url: str, client_id: str | None = None,
-                 tls_context: ssl.SSLContext | None = None) -> None:
+                 tls_context: ssl.SSLContext | None = None, persistent: bool = False) -> None:
         host, port, _ = broker_address(url)
+        # persistent: the broker keeps this peer's subscriptions and messages while it is away
         self._client = aiomqtt.Client(host, port, identifier=client_id, tls_context=tls_context,
+                                      clean_session=not persistent,
                                       socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
                                       max_queued_outgoing_messages=100_000)
         self.messages: list[tuple[str, bytes, bool]] = []  # (topic, payload, retain)

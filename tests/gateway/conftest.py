@@ -24,8 +24,9 @@ async def make_rig(broker: Mosquitto) -> AsyncIterator[Callable[..., Awaitable[R
     """`await make_rig(comms_timeout_s=3)`: the example site with those [site] fields, gateway running."""
     rigs: list[Rig] = []
 
-    async def _make(gateway: bool = True, **site_overrides: Any) -> Rig:
-        rig = Rig(example_site(**site_overrides), broker.url)
+    async def _make(gateway: bool = True, devices: dict[str, dict[str, Any]] | None = None,
+                    **site_overrides: Any) -> Rig:
+        rig = Rig(example_site(devices, **site_overrides), broker.url)
         rigs.append(rig)
         await rig.start(gateway=gateway)
         return rig

@@ -23,11 +23,13 @@ from simulators.site import SiteSimulator
 EXAMPLE_SITE = Path(__file__).resolve().parents[2] / "examples" / "site.toml"
 
 
-def example_site(**site_overrides: Any) -> SiteFile:
-    """examples/site.toml on free ports, with `[site]` fields overridden (e.g. comms_timeout_s=3)."""
+def example_site(devices: dict[str, dict[str, Any]] | None = None, **site_overrides: Any) -> SiteFile:
+    """examples/site.toml on free ports, with `[site]` fields overridden (e.g. comms_timeout_s=3) and
+    device fields by id (e.g. devices={"pv1": {"reversion_timeout_s": 4}})."""
     data = tomllib.loads(EXAMPLE_SITE.read_text())
     for dev in data["devices"]:
         dev["port"] = free_port()
+        dev.update((devices or {}).get(dev["id"], {}))
     data["simulator"]["control_port"] = None
     data["simulator"]["load_variation_kw"] = 0.0  # a steady load makes every expected PCC exact
     data["site"].update({"telemetry_interval_s": 1.0, **site_overrides})
