@@ -27,9 +27,10 @@ from gateway.core.outbound import Outbound, Status, Telemetry
 from gateway.journal import Encoded, Journal
 from gateway.north.mqtt import Inbound, MqttLink
 from gateway.protocol.codec import decode_inbound, encode_outbound
-from gateway.south.device import Device, Reading
+from gateway.south.device import Device, DeviceError, Reading
 from gateway.south.factory import build_devices
 from gateway.store import Store
+from gateway.web.server import attach_web
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,8 @@ class DevicePoller:
         self.command: DeviceCommand | None = None
         self._read_task: asyncio.Task | None = None
         self._new_command = asyncio.Event()
+        # Told of every read: (device, reading or None, seconds, last_error before it); for /metrics.
+        self.on_read: Callable[[Device, Reading | None, float, DeviceError | None], None] | None = None
 
     def start_read(self) -> asyncio.Task:
         """The read in flight, or a new one: a slow device never has two reads queued."""
@@ -74,7 +77,10 @@ class DevicePoller:
         return self._read_task
 
     async def _read(self) -> None:
+        error_before, started = self.device.last_error, time.monotonic()
         reading = await self.device.read()
+        if self.on_read is not None:
+            self.on_read(self.device, reading, time.monotonic() - started, error_before)
         if reading is not None:
             self.reading = reading
 
@@ -127,6 +133,10 @@ class Gateway:
         self.cycle_listeners: list[Callable[[Cycle, MeterReading | None, list[DeviceReading]], None]] = []
         # Long-running parts added by optional faces (DNP3 outstation, web page): run beside the loop.
         self.services: list[Callable[[], Coroutine[Any, Any, None]]] = []
+        # Called with each inbound message and the engine's answers to it (e.g. /metrics).
+        self.inbound_listeners: list[Callable[[CoreInbound | Invalid, list[Outbound]], None]] = []
+        if site.web.enabled:
+            attach_web(self)
 
     # ---- north ---------------------------------------------------------------------------------------
     async def _on_message(self, inbound: Inbound) -> None:
@@ -138,6 +148,8 @@ class Gateway:
         cycle (TDC-11)."""
         now = utcnow()
         outs = self.engine.receive(msg, now)
+        for listener in self.inbound_listeners:
+            listener(msg, outs)
         encoded = self._encode(outs)
         self.journal.instruction(msg, source, encoded, self.engine, now)
         await self._publish(encoded)
@@ -254,7 +266,14 @@ class Gateway:
         return Status(site_id=self.site.site.id, at=now, state="online" if online else "offline",
                       mode=st.mode, comms=st.comms, active=st.active,
                       devices_online=sum(d.online for d in devices), devices_total=len(devices),
-                      version=__version__)
+                      version=__version__, alarms=self._alarms())
+
+    def _alarms(self) -> tuple[str, ...]:
+        evicted = self.store.outbox.evicted
+        if evicted:
+            return (f"telemetry outbox full: {evicted} oldest messages dropped "
+                    f"(store.outbox_max_messages = {self.store.outbox.max_messages})",)
+        return ()
 
     async def _publish_status(self, force: bool = False) -> None:
         # compared without its time, so an unchanged status is not republished every cycle

@@ -124,6 +124,7 @@ class Status:
     devices_online: int
     devices_total: int
     version: str
+    alarms: tuple[str, ...] = ()  # e.g. telemetry evicted from a full outbox
 
 
 Outbound = Response | ErrorMsg | Constraint | Availability | Telemetry | Status

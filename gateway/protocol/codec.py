@@ -167,7 +167,8 @@ def encode_outbound(out: Outbound, site_id: str) -> tuple[str, bytes]:
             suffix, model = "gateway/status", wire.Status
             fields = {"type": "status", "site_id": out.site_id, "state": out.state, "mode": out.mode,
                       "comms": out.comms, "active": list(out.active), "version": out.version,
-                      "devices": {"online": out.devices_online, "total": out.devices_total}}
+                      "devices": {"online": out.devices_online, "total": out.devices_total},
+                      "alarms": list(out.alarms)}
         case _:
             raise TypeError(f"cannot encode {type(out).__name__}")
     msg_id = "gw-" + hashlib.sha256(f"{site_id}|{out!r}".encode()).hexdigest()[:32]

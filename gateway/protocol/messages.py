@@ -290,6 +290,8 @@ class Status(_Outbound):
     active: list[Id]
     devices: DeviceCount
     version: str
+    alarms: list[str] = Field(default_factory=list, description="conditions an operator must see, e.g. "
+                              "telemetry lost to a full outbox; an extension of PROTOCOL §4")
 
 
 class Constraint(_Outbound):
