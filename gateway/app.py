@@ -127,6 +127,7 @@ class Gateway:
         self.telemetry_seq = self.store.outbox.last_seq()  # contiguous across restarts, never reused
         self._wake = asyncio.Event()
         self._outbox_lock = asyncio.Lock()
+        self._online: dict[str, bool] = {}
         self._last_status: Status | None = None
         self.started = time.monotonic()
         # Called after every control cycle (e.g. the SCADA outstation's points, the status page).
@@ -204,10 +205,23 @@ class Gateway:
         for listener in self.cycle_listeners:
             listener(cycle, meter, devices)
         encoded = self._encode(cycle.outbound)
-        self.journal.cycle(cycle, encoded, self.engine)
+        self.journal.cycle(cycle, encoded, self.engine, self._device_events())
         await self._publish(encoded)
         await self._publish_status()
         return cycle
+
+    def _device_events(self) -> list[dict[str, Any]]:
+        """A device that went offline or came back since the last cycle, for the audit log."""
+        events = []
+        for dev_id, poller in self.pollers.items():
+            online, error = poller.device.online, poller.device.last_error
+            # a device still being discovered is not news; one that failed or changed is
+            was = self._online.get(dev_id, True if error is not None else online)
+            if online != was:
+                events.append({"event": "device_online" if online else "device_offline", "device": dev_id,
+                               **({} if online or error is None else {"error": str(error)})})
+            self._online[dev_id] = online
+        return events
 
     async def _control_loop(self) -> None:
         while True:

@@ -69,7 +69,7 @@ class Journal:
         """The device drivers' write hook: kept until the cycle's transaction."""
         self._writes.append(record)
 
-    def cycle(self, cycle: Cycle, outs: list[Encoded], engine: Engine) -> None:
+    def cycle(self, cycle: Cycle, outs: list[Encoded], engine: Engine, events: list[dict[str, Any]]) -> None:
         d = cycle.decision
         decision = {
             "target_kw": round(d.target_kw, 1), "binding": d.binding,
@@ -81,6 +81,8 @@ class Journal:
         }
         writes, self._writes = self._writes, []
         with self.store.transaction():
+            for event in events:
+                self.store.audit.append("event", cycle.at, event)
             if decision != self._last_decision:
                 # the inputs that mattered: load estimate and device total, next to the limits above
                 self.store.audit.append("decision", cycle.at, {
