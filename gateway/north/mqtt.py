@@ -24,6 +24,16 @@ from gateway.config import MqttSection
 log = logging.getLogger(__name__)
 
 TOPIC_ROOT = "tdc/v1"
+
+
+class _NoPipelineNoise(logging.Filter):
+    """aiomqtt warns about every pending publish; a pipelined telemetry replay has hundreds by design."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pending publish calls" not in record.getMessage()
+
+
+logging.getLogger("mqtt").addFilter(_NoPipelineNoise())
 INBOUND_ROLES = ("ieso", "ldc")
 
 

@@ -7,8 +7,9 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from simulators.example_site import example_site
 from simulators.mosquitto import Mosquitto
-from tests.support.rig import Rig, example_site
+from tests.support.rig import Rig
 
 
 @pytest.fixture

@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from simulators.example_site import example_site
 from simulators.mosquitto import Mosquitto
 from tests.gateway.test_tdc_failsafe import Sampler, dispatch, envelope
-from tests.support.rig import Rig, example_site
+from tests.support.rig import Rig
 
 pytestmark = pytest.mark.asyncio
 TOL = 3.0

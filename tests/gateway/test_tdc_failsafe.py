@@ -22,8 +22,9 @@ import tomli_w
 from gateway.north.mqtt import MqttPeer
 from gateway.store.audit import verify
 from gateway.store.db import open_db
+from simulators.example_site import example_site
 from simulators.mosquitto import Mosquitto
-from tests.support.rig import Rig, example_site
+from tests.support.rig import Rig
 
 pytestmark = pytest.mark.asyncio
 TOL = 3.0

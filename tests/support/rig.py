@@ -7,36 +7,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import tempfile
-import tomllib
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 from gateway.app import Gateway
-from gateway.config import SiteFile, parse_site
+from gateway.config import SiteFile
 from gateway.north.mqtt import MqttPeer
-from simulators.mosquitto import free_port
 from simulators.site import SiteSimulator
-
-EXAMPLE_SITE = Path(__file__).resolve().parents[2] / "examples" / "site.toml"
-
-
-def example_site(devices: dict[str, dict[str, Any]] | None = None, **site_overrides: Any) -> SiteFile:
-    """examples/site.toml on free ports, with `[site]` fields overridden (e.g. comms_timeout_s=3) and
-    device fields by id (e.g. devices={"pv1": {"reversion_timeout_s": 4}})."""
-    data = tomllib.loads(EXAMPLE_SITE.read_text())
-    for dev in data["devices"]:
-        dev["port"] = free_port()
-        dev.update((devices or {}).get(dev["id"], {}))
-    data["simulator"]["control_port"] = None
-    data["simulator"]["load_variation_kw"] = 0.0  # a steady load makes every expected PCC exact
-    data["site"].update({"telemetry_interval_s": 1.0, **site_overrides})
-    # every site its own store; a gateway restarted on the same SiteFile finds its state again
-    data["store"] = {"path": str(Path(tempfile.mkdtemp(prefix="der-gateway-")) / "gateway.sqlite")}
-    data["mqtt"] = {"reconnect_max_s": 2.0}
-    return parse_site(data)
 
 
 def iso(t: datetime) -> str:
