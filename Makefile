@@ -17,4 +17,5 @@ lint: setup
 	.venv/bin/ruff check .
 
 bench: setup
-	.venv/bin/python benchmarks/run.py
+	.venv/bin/python benchmarks/latency.py --devices 10 100
+	.venv/bin/python benchmarks/replay.py --messages 10000
