@@ -17,6 +17,14 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     fi
 fi
 
+# Some machines' pip configuration names local mirror folders that may be absent; pip warns about each
+# one on every install. Those lines are noise; anything else pip says is shown, and a failure stops.
+pip_install() {
+    "$@" 2>&1 | { grep -v "^WARNING: Location" || true; }
+    local rc=${PIPESTATUS[0]}
+    [ "$rc" = 0 ] || { echo "setup: pip failed (exit $rc)" >&2; exit 1; }
+}
+
 PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
     echo "setup: creating .venv"
@@ -26,7 +34,7 @@ fi
 stamp=.venv/.der-gateway-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     echo "setup: installing der-gateway with its extras into .venv (first run takes a minute)"
-    .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e '.[sim,dev]'
+    pip_install .venv/bin/python -m pip install -q --upgrade pip
+    pip_install .venv/bin/python -m pip install -q -e '.[sim,dev]'
     touch "$stamp"
 fi
