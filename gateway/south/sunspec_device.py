@@ -320,6 +320,11 @@ class SunSpecDevice(Device):
             await self._reapply()
         return self._reading(image)
 
+    @property
+    def read_spans(self) -> list[tuple[int, int]]:
+        """(address, count) of the requests one read makes: benchmarks repeat them with bare pymodbus."""
+        return list(self._spans)
+
     async def _write(self) -> None:
         await self._apply(force=False)
 
