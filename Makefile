@@ -1,4 +1,4 @@
-.PHONY: setup demo simulate test lint bench
+.PHONY: setup demo simulate test lint bench docs-images
 
 setup:
 	@bash scripts/setup.sh
@@ -19,3 +19,9 @@ lint: setup
 bench: setup
 	.venv/bin/python benchmarks/latency.py --devices 10 100
 	.venv/bin/python benchmarks/replay.py --messages 10000
+
+# The README's pictures: the status page as the browser test sees it, and the demo's report (the demo
+# runs in a temporary directory so that it starts from an empty store).
+docs-images: setup
+	DER_GATEWAY_DOCS_IMAGES=1 .venv/bin/python -m pytest -q tests/web/test_page.py
+	cd "$$(mktemp -d)" && $(CURDIR)/.venv/bin/der-gateway demo --report $(CURDIR)/docs/demo-report.png

@@ -1,4 +1,4 @@
-"""`der-gateway` command line: run | demo | simulate | check-config | schema."""
+"""`der-gateway` command line: run | status | demo | simulate | check-config | audit | schema."""
 
 from __future__ import annotations
 
@@ -8,15 +8,31 @@ import sys
 from pathlib import Path
 
 from gateway.config import SiteFileError, load_site
+from gateway.logging_setup import FORMATS
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 EXAMPLE_SITE = EXAMPLES / "site.toml"
+DEFAULT_STATUS_URL = "http://127.0.0.1:8080"
 
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
     site = load_site(args.site)
-    print(f"{args.site}: OK — site {site.site.id}, {len(site.devices)} devices "
+    print(f"{args.site}: valid — site {site.site.id}, {len(site.devices)} devices "
           f"({', '.join(f'{d.id}:{d.kind}' for d in site.devices)})")
+    if args.no_probe:
+        return 0
+    import asyncio
+
+    from gateway.probe import probe_site
+
+    probes = asyncio.run(probe_site(site))
+    for probe in probes:
+        print(f"  {'ok  ' if probe.ok else 'FAIL'}  {probe.text}")
+    failed = sum(not p.ok for p in probes)
+    if failed:
+        print(f"{failed} of {len(probes)} devices cannot be used as configured: see FAIL above")
+        return 1
+    print(f"all {len(probes)} devices answer")
     return 0
 
 
@@ -24,18 +40,38 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
+    from gateway import __version__
     from gateway.app import Gateway
+    from gateway.logging_setup import configure
 
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(Gateway(load_site(args.site), args.broker).run())
+    configure(args.log_level, args.log_format)
+    site = load_site(args.site)
+    logging.getLogger("gateway").info("der-gateway %s starting: site %s, %d devices, broker %s",
+                                      __version__, site.site.id, len(site.devices),
+                                      args.broker or site.mqtt.broker)
+    asyncio.run(Gateway(site, args.broker).run())
     return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from gateway.web.console import show_status
+
+    url = args.url
+    if url is None and args.site:
+        web = load_site(args.site).web
+        if not web.enabled:
+            print(f"error: {args.site}: [web] is not enabled (set enabled = true and restart the gateway)",
+                  file=sys.stderr)
+            return 1
+        host = "127.0.0.1" if web.host in ("0.0.0.0", "::") else web.host  # listening on all: ask loopback
+        url = f"http://{host}:{web.port}"
+    return show_status(url or DEFAULT_STATUS_URL)
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from gateway.demo import demo
 
-    return demo(load_site(args.site), Path(args.scenario), args.broker)
+    return demo(load_site(args.site), Path(args.scenario), args.broker, Path(args.report))
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -80,12 +116,20 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--site", required=True, help="site file (TOML)")
     s.add_argument("--broker", help="mqtt://HOST:PORT (overrides the site file)")
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    s.add_argument("--log-format", choices=FORMATS,
+                   help="log lines on stdout: json or text (default: json under systemd, else text)")
     s.set_defaults(func=_cmd_run)
+
+    s = sub.add_parser("status", help="what the running gateway is doing (its local web API)")
+    s.add_argument("--url", help=f"the gateway's page (default: from --site, else {DEFAULT_STATUS_URL})")
+    s.add_argument("--site", help="site file: its [web] host and port give the URL")
+    s.set_defaults(func=_cmd_status)
 
     s = sub.add_parser("demo", help="simulated site + gateway + a T-D coordination scenario, in one process")
     s.add_argument("--site", default=str(EXAMPLE_SITE), help="site file (TOML)")
     s.add_argument("--scenario", default=str(EXAMPLES / "demo_scenario.toml"), help="scenario file (TOML)")
     s.add_argument("--broker", help="use this broker (mqtt://HOST:PORT) instead of an embedded one")
+    s.add_argument("--report", default="demo-report.png", help="where to write the plot of the run (PNG)")
     s.set_defaults(func=_cmd_demo)
 
     s = sub.add_parser("simulate", help="serve the site's simulated devices on their Modbus ports")
@@ -93,8 +137,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="do not print the live table")
     s.set_defaults(func=_cmd_simulate)
 
-    s = sub.add_parser("check-config", help="validate a site file")
+    s = sub.add_parser("check-config", help="validate a site file and probe every device it names")
     s.add_argument("site", help="site file (TOML)")
+    s.add_argument("--no-probe", action="store_true", help="only validate the file; reach no device")
     s.set_defaults(func=_cmd_check_config)
 
     s = sub.add_parser("audit", help="the audit log")

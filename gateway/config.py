@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 NonNegKw = Annotated[float, Field(ge=0)]
 PositiveS = Annotated[float, Field(gt=0)]
 Port = Annotated[int, Field(ge=1, le=65535)]
+DnpAddress = Annotated[int, Field(ge=0, le=0xFFEF)]  # DNP3 link addresses 0xFFF0 and up are reserved
 
 
 class _Strict(BaseModel):
@@ -77,20 +78,93 @@ class DeviceSim(_Strict):
     soc_min_pct: Annotated[float, Field(ge=0, le=100)] = 10.0
     soc_max_pct: Annotated[float, Field(ge=0, le=100)] = 95.0
     response_time_s: Annotated[float, Field(ge=0)] = 1.0
+    # "light": a first-order lag instead of EPRI OpenDER, for simulating a thousand PV inverters on one box
+    physics: Literal["opender", "light"] = "opender"
+    # SunSpec maps as some real devices have them (see simulators/sunspec_map.py): the map at base 0 or
+    # 50000, scale factors of reactive power and voltage "not implemented", no end model (reading past
+    # the last model is answered with exception 2).
+    quirks: list[Literal["base_0", "base_50000", "sf_not_implemented", "no_end_model"]] = []
+    serial_port: str | None = Field(
+        default=None, min_length=1,
+        description="transport 'rtu': the serial port the simulator serves the device on (the other end "
+        "of the gateway's line, e.g. a pseudo-terminal made by socat)",
+    )
+
+    @model_validator(mode="after")
+    def _check_quirks(self) -> DeviceSim:
+        if {"base_0", "base_50000"} <= set(self.quirks):
+            raise ValueError("quirks: 'base_0' and 'base_50000' exclude each other")
+        return self
+
+
+class SerialConfig(_Strict):
+    """An RS-485 line: the serial port and its settings, the same on every device of the line."""
+
+    port: str = Field(min_length=1, description="/dev/ttyUSB0, /dev/serial/by-id/..., a pseudo-terminal")
+    baudrate: Literal[1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200] = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
 
 
 class DeviceConfig(_Strict):
     id: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     kind: Literal["pv", "battery", "meter"]
-    protocol: Literal["sunspec"] = "sunspec"
+    protocol: Literal["sunspec", "dnp3", "modbus"] = Field(
+        default="sunspec", description="modbus: a device without SunSpec, mapped by a vendor profile")
+    # Modbus framing and medium: TCP, RTU on a serial line, or RTU frames through a TCP-to-RTU converter.
+    transport: Literal["tcp", "rtu", "rtu_over_tcp"] = "tcp"
     host: str = "127.0.0.1"
-    port: Port
+    port: Port | None = Field(default=None, description="TCP port; required unless transport is 'rtu'")
+    serial: SerialConfig | None = Field(default=None, description="transport 'rtu': the line")
+    # Quiet time between two requests on this device's bus (every device of a bus must agree); on a
+    # serial line, at least the 3.5 character times of Modbus RTU whatever is set here.
+    inter_request_gap_s: Annotated[float, Field(ge=0, le=5)] = 0.0
     unit_id: Annotated[int, Field(ge=0, le=247)] = 1
+    outstation_address: DnpAddress = Field(default=10, description="dnp3: the device's link address")
+    master_address: DnpAddress = Field(default=1, description="dnp3: the gateway's link address")
     profile: str = Field(default="sunspec", description="a file name under device_profiles/ (without .toml)")
     timeout_s: PositiveS = 1.0
     reversion_timeout_s: Annotated[float, Field(ge=2)] = 30.0
     safe_limit_pct: Annotated[float, Field(ge=0, le=100)] = 0.0
     sim: DeviceSim = Field(default_factory=DeviceSim)
+
+    @model_validator(mode="after")
+    def _check_transport(self) -> DeviceConfig:
+        if self.transport == "rtu":
+            if self.serial is None:
+                raise ValueError("serial: required for transport 'rtu' (serial = { port = '/dev/ttyUSB0' })")
+            if self.port is not None:
+                raise ValueError("port: not used with transport 'rtu' (the line is serial.port)")
+        else:
+            if self.port is None:
+                raise ValueError(f"port: required for transport {self.transport!r}")
+            if self.serial is not None:
+                raise ValueError(f"serial: only for transport 'rtu', not {self.transport!r}")
+            if self.sim.serial_port is not None:
+                raise ValueError("sim.serial_port: only for transport 'rtu'")
+        if self.protocol == "dnp3" and self.transport != "tcp":
+            raise ValueError("transport: protocol 'dnp3' runs over 'tcp'")
+        if self.protocol == "modbus" and "profile" not in self.model_fields_set:
+            raise ValueError("profile: protocol 'modbus' needs a vendor profile "
+                             "(profile = \"<name>\" for device_profiles/vendor_<name>.toml)")
+        return self
+
+    @property
+    def bus_key(self) -> tuple[str, ...]:
+        """What identifies the device's bus: its serial port, or its TCP endpoint."""
+        if self.serial is not None:
+            return ("serial", self.serial.port)
+        return ("tcp", self.host, str(self.port))
+
+    @model_validator(mode="after")
+    def _check_dnp3(self) -> DeviceConfig:
+        if self.protocol == "dnp3":
+            if self.kind != "pv":
+                raise ValueError("protocol 'dnp3' is for kind 'pv' (AN2018 active power limit and connect)")
+            if "profile" not in self.model_fields_set:
+                self.profile = "dnp3"  # device_profiles/dnp3_inverter.toml
+        return self
 
 
 class SimulatorSection(_Strict):
@@ -112,6 +186,17 @@ class WebSection(_Strict):
     port: Port = 8080
 
 
+class ScadaSection(_Strict):
+    """The DNP3 outstation for the LDC's SCADA master (PROTOCOL §9); off unless enabled."""
+
+    enabled: bool = False
+    host: str = Field(default="127.0.0.1", min_length=1, pattern=r"^[A-Za-z0-9_.:-]+$",
+                      description="address to listen on (0.0.0.0: every interface)")
+    port: Port = 20000
+    outstation_address: DnpAddress = 10
+    master_address: DnpAddress = 1
+
+
 class SiteFile(_Strict):
     site: SiteSection
     mqtt: MqttSection = Field(default_factory=MqttSection)
@@ -119,6 +204,7 @@ class SiteFile(_Strict):
     devices: list[DeviceConfig] = Field(min_length=1)
     simulator: SimulatorSection = Field(default_factory=SimulatorSection)
     web: WebSection = Field(default_factory=WebSection)
+    scada: ScadaSection = Field(default_factory=ScadaSection)
 
     @model_validator(mode="after")
     def _check_devices(self) -> SiteFile:
@@ -129,9 +215,16 @@ class SiteFile(_Strict):
         meters = [d.id for d in self.devices if d.kind == "meter"]
         if len(meters) != 1:
             raise ValueError(f"exactly one device of kind 'meter' (the PCC meter) is needed; found {meters}")
-        endpoints = [(d.host, d.port, d.unit_id) for d in self.devices]
+        endpoints = [(d.bus_key, d.unit_id) for d in self.devices]
         if len(set(endpoints)) != len(endpoints):
-            raise ValueError("two devices share the same host, port and unit_id")
+            raise ValueError("two devices share the same bus (host and port, or serial port) and unit_id")
+        first_on_bus: dict[tuple[str, ...], DeviceConfig] = {}
+        for d in self.devices:
+            first = first_on_bus.setdefault(d.bus_key, d)
+            for name in ("transport", "serial", "inter_request_gap_s"):
+                if getattr(d, name) != getattr(first, name):
+                    raise ValueError(f"devices {first.id} and {d.id} are on one bus but differ in {name}; "
+                                     "every device of a bus must give the same settings")
         return self
 
     @property
@@ -145,6 +238,11 @@ class SiteFile(_Strict):
 
 class SiteFileError(Exception):
     """A site file that cannot be used; the message says where and how to fix it."""
+
+
+class TlsFileError(SiteFileError):
+    """A TLS file named by `[mqtt]` that is missing, unreadable, invalid or unsafe; found at start, so
+    that `der-gateway run` says which file and how to fix it instead of retrying a broker for ever."""
 
 
 def _location(loc: tuple, data: dict) -> str:

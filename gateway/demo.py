@@ -2,7 +2,8 @@
 
 Everything runs in this one process on loopback sockets: an embedded MQTT broker (unless --broker is
 given), the device simulators on their Modbus ports, the gateway, and the scenario player. It prints
-what the gateway reports every second and ends with a verdict per step.
+what the gateway reports every second and ends with a verdict per step and a plot of the run (PNG).
+The gateway's status page is on while it runs.
 """
 
 from __future__ import annotations
@@ -14,8 +15,10 @@ import socket
 from pathlib import Path
 
 from gateway.app import Gateway
-from gateway.config import SiteFile
+from gateway.config import SiteFile, WebSection
+from gateway.demo_report import Timeline, write_report
 from simulators.embedded_broker import EmbeddedBroker
+from simulators.scada_master import scenario_actions
 from simulators.site import SiteSimulator
 from simulators.upstream import ScenarioPlayer, Verdict, load_scenario
 
@@ -39,9 +42,13 @@ def _describe_site(site: SiteFile) -> str:
     ]
     for d in site.devices:
         size = f"{d.sim.rated_kw:.0f} kW" if d.kind != "meter" else "PCC, + = export"
-        variant = f" {d.sim.variant}" if d.kind == "pv" else ""
-        lines.append(f"  {d.id:<6} {d.kind:<8}{variant:<9} {size:<16} "
-                     f"SunSpec Modbus {d.host}:{d.port} unit {d.unit_id}")
+        variant = f" {d.sim.variant}" if d.kind == "pv" and d.protocol == "sunspec" else ""
+        link = (f"DNP3 {d.host}:{d.port} outstation {d.outstation_address}" if d.protocol == "dnp3"
+                else f"SunSpec Modbus {d.host}:{d.port} unit {d.unit_id}")
+        lines.append(f"  {d.id:<6} {d.kind:<8}{variant:<9} {size:<16} {link}")
+    if site.scada.enabled:
+        lines.append(f"  LDC SCADA: DNP3 outstation {site.scada.outstation_address} at "
+                     f"{site.scada.host}:{site.scada.port} (master {site.scada.master_address})")
     return "\n".join(lines)
 
 
@@ -54,7 +61,17 @@ def _report(verdicts: list[Verdict]) -> str:
     return "\n".join(lines)
 
 
-async def run_demo(site: SiteFile, scenario: Path, broker_url: str | None) -> int:
+def _web_port(preferred: int) -> int:
+    """The site's web port, or a free one if something (another demo?) already listens there."""
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", preferred))
+        except OSError:
+            return _free_port()
+    return preferred
+
+
+async def run_demo(site: SiteFile, scenario: Path, broker_url: str | None, report: Path) -> int:
     # Print a line a second, so the player sees every cycle's effect.
     site.site.telemetry_interval_s = 1.0
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -65,15 +82,24 @@ async def run_demo(site: SiteFile, scenario: Path, broker_url: str | None) -> in
         await broker.start()
         broker_url = broker.url
         print(f"MQTT: embedded broker at {broker_url} (use --broker mqtt://HOST:PORT for your own)")
+    if not site.web.enabled:
+        site.web = WebSection(enabled=True, port=_web_port(site.web.port))
+    print(f"Status page: http://{site.web.host}:{site.web.port}/ (also /metrics; or `der-gateway status "
+          f"--url http://{site.web.host}:{site.web.port}`)")
     sim = SiteSimulator(site)
     await sim.start()
     gateway = Gateway(site, broker_url)
     gw_task = asyncio.create_task(gateway.run())
+    timeline = Timeline()
+    # The scenario's SCADA steps, through a dnp3py master (PROTOCOL §9).
+    scada, actions = scenario_actions(site)
     try:
-        player = ScenarioPlayer(broker_url, site.site.id, site.site.resource_id,
-                                tolerance_kw=max(5.0, 2 * site.site.target_tolerance_kw))
+        player = ScenarioPlayer(broker_url, site.site.id, site.site.resource_id, actions=actions,
+                                tolerance_kw=max(5.0, 2 * site.site.target_tolerance_kw),
+                                on_step=timeline.on_step, on_telemetry=timeline.on_telemetry)
         verdicts = await player.play(load_scenario(scenario))
     finally:
+        await scada.close()
         gw_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await gw_task
@@ -81,8 +107,10 @@ async def run_demo(site: SiteFile, scenario: Path, broker_url: str | None) -> in
         if broker:
             await broker.stop()
     print(_report(verdicts))
+    write_report(timeline, report, f"der-gateway demo: site {site.site.id}, scenario {scenario.name}")
+    print(f"Report: {report.resolve()}")
     return 0 if all(v.met for v in verdicts) else 1
 
 
-def demo(site: SiteFile, scenario: Path, broker_url: str | None) -> int:
-    return asyncio.run(run_demo(site, scenario, broker_url))
+def demo(site: SiteFile, scenario: Path, broker_url: str | None, report: Path) -> int:
+    return asyncio.run(run_demo(site, scenario, broker_url, report))

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # One-time, idempotent set-up for `make demo` and `make test` on a fresh machine:
-# a virtual environment in .venv with the package and its extras, and Debian's mosquitto.
+# a virtual environment in .venv with the package and its extras, and Debian's mosquitto, socat and
+# chromium (the status page's tests drive it headless).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 need_apt=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need_apt+=(mosquitto)
 command -v socat >/dev/null 2>&1 || need_apt+=(socat)
+command -v chromium >/dev/null 2>&1 || need_apt+=(chromium)
 if [ ${#need_apt[@]} -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         echo "setup: installing ${need_apt[*]} with apt-get"

@@ -21,6 +21,7 @@ def example_site(devices: dict[str, dict[str, Any]] | None = None, **site_overri
         dev["port"] = free_port()
         dev.update((devices or {}).get(dev["id"], {}))
     data["simulator"]["control_port"] = None
+    data["scada"]["port"] = free_port()
     data["simulator"]["load_variation_kw"] = 0.0  # a steady load makes every expected PCC exact
     data["site"].update({"telemetry_interval_s": 1.0, **site_overrides})
     # every site its own store; a gateway restarted on the same SiteFile finds its state again

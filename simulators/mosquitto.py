@@ -1,4 +1,9 @@
-"""A real mosquitto broker on a free loopback port (tests, benchmarks), stopped and restarted at will."""
+"""A real mosquitto broker on a free loopback port (tests, benchmarks), stopped and restarted at will.
+
+With `tls_dir` (certificates made by scripts/make-test-ca.sh) it runs the shipped production
+configuration, examples/mosquitto/mosquitto.conf with its ACL, so that tests exercise exactly what a
+deployment runs: only the certificate paths, the port and the logging are changed.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +15,11 @@ import time
 from pathlib import Path
 
 _handed_out: set[int] = set()
+
+EXAMPLE_DIR = Path(__file__).resolve().parents[1] / "examples" / "mosquitto"
+# keys of the example configuration that are replaced here: the deployment's places are not the test's
+_CERT_KEYS = ("cafile", "certfile", "keyfile", "crlfile")
+_DROPPED_KEYS = ("persistence", "persistence_location", "log_dest", "log_type", "connection_messages", "user")
 
 
 def free_port() -> int:
@@ -32,21 +42,26 @@ def mosquitto_binary() -> str:
 
 
 class Mosquitto:
-    def __init__(self, workdir: Path, port: int | None = None, persistence: bool = False) -> None:
+    def __init__(self, workdir: Path, port: int | None = None, persistence: bool = False,
+                 tls_dir: Path | None = None) -> None:
         self.workdir = workdir
         self.port = port or free_port()
+        self.tls = tls_dir is not None
         self.proc: subprocess.Popen | None = None
         self.conf = workdir / "mosquitto.conf"
-        lines = [
-            f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
-            # mosquitto's default queue limit silently drops QoS 1 messages to a slow subscriber.
-            "max_queued_messages 100000",
-            # Without it a response that follows a PUBACK on the same socket waits ~40 ms (Nagle against
-            # the receiver's delayed ACK): receipt latency would measure TCP, not the gateway.
-            "set_tcp_nodelay true",
-            f"log_dest file {workdir / 'mosquitto.log'}",
-        ]
+        if tls_dir is not None:
+            lines = _example_conf(tls_dir, self.port)
+        else:
+            lines = [
+                f"listener {self.port} 127.0.0.1",
+                "allow_anonymous true",
+                # mosquitto's default queue limit silently drops QoS 1 messages to a slow subscriber.
+                "max_queued_messages 100000",
+                # Without it a response that follows a PUBACK on the same socket waits ~40 ms (Nagle
+                # against the receiver's delayed ACK): receipt latency would measure TCP, not the gateway.
+                "set_tcp_nodelay true",
+            ]
+        lines.append(f"log_dest file {workdir / 'mosquitto.log'}")
         # persistence keeps sessions and queued QoS 1 messages across a stop and a start
         if persistence:
             lines += ["persistence true", f"persistence_location {workdir}/"]
@@ -59,7 +74,7 @@ class Mosquitto:
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10.0) -> None:
         self.proc = subprocess.Popen([mosquitto_binary(), "-c", str(self.conf)],
@@ -84,3 +99,21 @@ class Mosquitto:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
+
+
+def _example_conf(tls_dir: Path, port: int) -> list[str]:
+    """examples/mosquitto/mosquitto.conf for a test: certificates from `tls_dir`, the example ACL, the
+    TLS listener on loopback `port`; persistence, logging and the run-as user are the caller's."""
+    lines = []
+    for line in (EXAMPLE_DIR / "mosquitto.conf").read_text().splitlines():
+        key, _, value = line.strip().partition(" ")
+        if not key or key.startswith("#") or key in _DROPPED_KEYS:
+            continue
+        if key == "listener":
+            line = f"listener {port} 127.0.0.1"
+        elif key in _CERT_KEYS:
+            line = f"{key} {tls_dir / Path(value).name}"
+        elif key == "acl_file":
+            line = f"acl_file {EXAMPLE_DIR / Path(value).name}"
+        lines.append(line)
+    return lines

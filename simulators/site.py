@@ -24,6 +24,7 @@ from gateway.config import DeviceConfig, SiteFile
 from simulators.battery import Battery
 from simulators.control import ControlServer
 from simulators.device import SunSpecDevice
+from simulators.dnp3_der import Dnp3PvInverter
 from simulators.inverter import PvInverter
 from simulators.meter import PccMeter
 from simulators.modbus_server import ModbusEndpoint
@@ -40,9 +41,13 @@ class SiteSimulator:
         self.irradiance_pu = sim.irradiance_pu
         self.load_base_kw = sim.load_kw
         self._t0 = time.monotonic()
-        self.devices: dict[str, SunSpecDevice] = {}
+        self.devices: dict[str, SunSpecDevice | Dnp3PvInverter] = {}
+        self.dnp3: list[Dnp3PvInverter] = []  # each on its own dnp3py outstation, not on a Modbus endpoint
         for cfg in site.devices:
-            if cfg.kind == "pv":
+            if cfg.protocol == "dnp3":
+                self.dnp3.append(Dnp3PvInverter(cfg, self.irradiance_pu))
+                self.devices[cfg.id] = self.dnp3[-1]
+            elif cfg.kind == "pv":
                 self.devices[cfg.id] = PvInverter(cfg, self.irradiance_pu)
             elif cfg.kind == "battery":
                 self.devices[cfg.id] = Battery(cfg)
@@ -51,7 +56,9 @@ class SiteSimulator:
         self.devices[site.meter.id] = self.meter
         self._endpoints: dict[tuple[str, int], ModbusEndpoint] = {}
         for cfg in site.devices:
-            self.devices[cfg.id].attach(self._endpoint_for(cfg))
+            dev = self.devices[cfg.id]
+            if isinstance(dev, SunSpecDevice):
+                dev.attach(self._endpoint_for(cfg))
         self._control = ControlServer(self, sim.control_port) if sim.control_port else None
         self._task: asyncio.Task[None] | None = None
         self._step_meter(time.monotonic())
@@ -69,6 +76,8 @@ class SiteSimulator:
         try:
             for ep in self._endpoints.values():
                 await ep.start()
+            for dnp3 in self.dnp3:
+                await dnp3.start()
             if self._control is not None:
                 await self._control.start()
         except BaseException:
@@ -87,6 +96,8 @@ class SiteSimulator:
             await self._control.stop()
         for ep in self._endpoints.values():
             await ep.stop()
+        for dnp3 in self.dnp3:
+            await dnp3.stop()
 
     async def __aenter__(self) -> SiteSimulator:
         await self.start()
@@ -141,7 +152,7 @@ class SiteSimulator:
     def step(self, now: float) -> None:
         """One physics step of `STEP_S` for every device, then the meter."""
         for dev in self.devices.values():
-            if isinstance(dev, PvInverter):
+            if isinstance(dev, PvInverter | Dnp3PvInverter):
                 dev.irradiance_pu = self.irradiance_pu
             if dev is not self.meter:
                 dev.step(now)

@@ -73,10 +73,13 @@ def format_telemetry(t: dict[str, Any], elapsed_s: float) -> str:
 class ScenarioPlayer:
     def __init__(self, broker_url: str, site_id: str, resource_id: str,
                  actions: dict[str, Callable[[], Any]] | None = None, out: Callable[[str], None] = print,
-                 tolerance_kw: float = 5.0) -> None:
+                 tolerance_kw: float = 5.0, on_step: Callable[[int, Step, datetime], None] | None = None,
+                 on_telemetry: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.url, self.site_id, self.resource_id = broker_url, site_id, resource_id
         self.actions = actions or {}
         self.out = out
+        # Told when each step starts and of every telemetry message (the demo's report plots them).
+        self.on_step, self.on_telemetry = on_step, on_telemetry
         self.tolerance_kw = tolerance_kw
         self.prefix = f"tdc/v1/{site_id}/"
 
@@ -92,6 +95,8 @@ class ScenarioPlayer:
     async def _play_step(self, peer: MqttPeer, n: int, step: Step) -> Verdict:
         self.out(f"\n▶ step {n}: {step.name}")
         t0 = datetime.now(UTC)
+        if self.on_step is not None:
+            self.on_step(n, step, t0)
         mark = len(peer.messages)
         for name in step.actions:
             result = self.actions[name]()
@@ -122,6 +127,8 @@ class ScenarioPlayer:
         body = json.loads(payload)
         elapsed = (datetime.now(UTC) - t0).total_seconds()
         if kind == "gateway/telemetry":
+            if self.on_telemetry is not None:
+                self.on_telemetry(body)
             self.out(format_telemetry(body, elapsed))
             return body
         if kind.startswith("gateway/response/"):

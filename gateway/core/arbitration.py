@@ -16,12 +16,12 @@ delivers nothing to the instruction: accepted_kw is 0.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from gateway.core.allocation import DeviceRange, device_window
 from gateway.core.instructions import Assessment, Record, Store, in_force, superseded_from
-from gateway.core.limits import Bound, InForce, limits_at
-from gateway.core.model import Dispatch, Service, SiteParams
+from gateway.core.limits import Bound, InForce, limits_at, ramp_end
+from gateway.core.model import Dispatch, Envelope, Service, SiteParams
 
 EPS_KW = 1e-6
 
@@ -121,6 +121,6 @@ def _edges(rec: Record) -> list[datetime]:
     if msg.type == "default_envelope":
         return []
     out = [msg.start] + ([msg.end] if msg.end is not None else [])
-    if msg.type == "envelope" and msg.ramp_s:
-        out.append(msg.start + timedelta(seconds=msg.ramp_s))
+    if isinstance(msg, Envelope) and msg.ramp_s:
+        out.append(ramp_end(msg))
     return out

@@ -145,6 +145,11 @@ class Engine:
         self.state = EngineState(Store(), Supervision.starting(now))
 
     # ---- inbound -------------------------------------------------------------------------------------
+    def heard(self, role: str, now: datetime) -> None:
+        """A sign of life from `role` that is not a message: a valid request of the LDC's SCADA master
+        (PROTOCOL §9) keeps the LDC link ok like a heartbeat would (§6)."""
+        self.state.comms.heard(role, now)
+
     def receive(self, msg: Inbound | Invalid, now: datetime) -> list[Outbound]:
         if isinstance(msg, Invalid):
             if msg.id is None:

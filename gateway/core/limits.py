@@ -90,7 +90,7 @@ def _sources(store: Store, params: SiteParams, t: datetime, ldc_lost: bool,
         if isinstance(msg, Envelope):
             envelope_in_force = True
             lim = msg.limits
-            if ramp and msg.ramp_s and t < msg.start + timedelta(seconds=msg.ramp_s):
+            if ramp and msg.ramp_s and t < ramp_end(msg):
                 lim = _ramped(store, params, msg, t, ldc_lost)
             sources.append((lim, rec.ref))
         elif isinstance(msg, Outage):
@@ -109,6 +109,12 @@ def _sources(store: Store, params: SiteParams, t: datetime, ldc_lost: bool,
     if ldc_lost and not envelope_in_force:
         sources.append((default, "default_envelope"))
     return sources, zeroed_by, disconnect
+
+
+def ramp_end(env: Envelope) -> datetime:
+    """Where the envelope's ramp ends: start + ramp_s, but not past the envelope's end, after which it
+    does not matter; the cap also keeps a hostile ramp_s (1e300 s) from overflowing datetime arithmetic."""
+    return env.start + timedelta(seconds=min(env.ramp_s or 0.0, (env.end - env.start).total_seconds()))
 
 
 def _ramped(store: Store, params: SiteParams, env: Envelope, t: datetime, ldc_lost: bool) -> Limits:

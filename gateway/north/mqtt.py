@@ -15,11 +15,12 @@ import socket
 import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlparse
 
 import aiomqtt
 
-from gateway.config import MqttSection
+from gateway.config import MqttSection, TlsFileError
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ OnMessage = Callable[[Inbound], Awaitable[None]]
 OnConnect = Callable[[], Awaitable[None]]
 
 
-class KeyFileError(Exception):
+class KeyFileError(TlsFileError):
     """A TLS key file that others can read: refused, so that a leaked key is not silently used."""
 
 
@@ -60,14 +61,51 @@ def broker_address(url: str) -> tuple[str, int, bool]:
 
 
 def _tls_context(cfg: MqttSection) -> ssl.SSLContext:
-    ctx = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
-    if cfg.cert_file and cfg.key_file:
-        if cfg.key_file.stat().st_mode & 0o077:
-            raise KeyFileError(
-                f"{cfg.key_file}: private key is readable by group or others; run: chmod 600 {cfg.key_file}"
-            )
-        ctx.load_cert_chain(str(cfg.cert_file), str(cfg.key_file))
+    """The client's TLS context from `[mqtt]`. Every problem with its files is a TlsFileError that names
+    the file and the fix; MqttLink builds it before the first connection, so a bad file stops the start
+    instead of failing every reconnect."""
+    if (cfg.cert_file is None) != (cfg.key_file is None):
+        raise TlsFileError("[mqtt] cert_file and key_file go together: set both (the gateway's client "
+                           "certificate and its private key) or neither")
+    for name in ("ca_file", "cert_file", "key_file"):
+        _check_readable(name, getattr(cfg, name))
+    key = cfg.key_file
+    if key is not None and key.stat().st_mode & 0o077:
+        raise KeyFileError(f"[mqtt] key_file {_shown(key)}: the private key is readable by group or others "
+                           f"(mode {key.stat().st_mode & 0o777:o}); run: chmod 600 {key}")
+    try:
+        ctx = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
+    except ssl.SSLError as err:
+        raise TlsFileError(f"[mqtt] ca_file {_shown(cfg.ca_file)}: no usable PEM CA certificate in it "
+                           f"({err})") from None
+    if cfg.cert_file is not None and key is not None:
+        try:
+            ctx.load_cert_chain(str(cfg.cert_file), str(key))
+        except ssl.SSLError as err:
+            raise TlsFileError(f"[mqtt] cert_file {_shown(cfg.cert_file)} with key_file {_shown(key)}: "
+                               f"cannot be loaded ({err}); both must be PEM and the key must be the "
+                               "certificate's") from None
     return ctx
+
+
+def _shown(path: Path | None) -> str:
+    """A relative path as written, and where it was looked for (the working directory, not the site
+    file's directory, which surprises people)."""
+    if path is None or path.is_absolute():
+        return str(path)
+    return f"{path} ({path.resolve()})"
+
+
+def _check_readable(name: str, path: Path | None) -> None:
+    if path is None:
+        return
+    try:
+        with path.open("rb"):
+            pass
+    except FileNotFoundError:
+        raise TlsFileError(f"[mqtt] {name} {_shown(path)}: no such file") from None
+    except OSError as err:  # a directory, no permission, …
+        raise TlsFileError(f"[mqtt] {name} {_shown(path)}: cannot be read ({err.strerror})") from None
 
 
 class MqttLink:
@@ -82,9 +120,17 @@ class MqttLink:
         self._client: aiomqtt.Client | None = None
         self.connected = asyncio.Event()
         self.reconnects = 0
+        self._tls: ssl.SSLContext | None = None
+        if broker_address(cfg.broker)[2]:
+            self._tls = _tls_context(cfg)  # now, so that a bad TLS file stops the start (TlsFileError)
+        elif cfg.cert_file or cfg.key_file:
+            log.warning("mqtt: %s is not mqtts://, so [mqtt] cert_file/key_file are not used and the link "
+                        "is not encrypted", cfg.broker)
 
     def _make_client(self) -> aiomqtt.Client:
         host, port, tls = broker_address(self.cfg.broker)
+        if tls and self._tls is None:  # the broker URL was changed to mqtts:// after the start
+            self._tls = _tls_context(self.cfg)
         return aiomqtt.Client(
             host,
             port,
@@ -92,7 +138,7 @@ class MqttLink:
             clean_session=False,
             keepalive=self.cfg.keepalive_s,
             will=aiomqtt.Will(self.prefix + "gateway/status", self._offline_payload, qos=1, retain=True),
-            tls_context=_tls_context(self.cfg) if tls else None,
+            tls_context=self._tls if tls else None,
             # paho never sets TCP_NODELAY; without it a QoS 1 round trip can cost 44 ms (Nagle).
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
             max_queued_outgoing_messages=100_000,

@@ -2,8 +2,10 @@
 
 Inbound checks, in this order (PROTOCOL §7 TDC-02, TDC-04):
 1. over 64 KiB → SCHEMA_INVALID (with the id when an oversize payload still parses, up to 1 MiB);
-2. not UTF-8 JSON, not an object, or no usable `id` (a string of 1–128 characters) → Invalid with id
-   None, which the engine answers with an `error` message;
+2. not UTF-8 JSON, not an object, or no usable `id` (a string of 1–128 characters of text: JSON can
+   spell a lone surrogate, which is none) → Invalid with id None, which the engine answers with an
+   `error` message; a key that appears twice in an object → SCHEMA_INVALID (two parsers, e.g. the
+   gateway's and an auditor's reading the raw payload, could see two different messages);
 3. `v` a number other than 1 → UNSUPPORTED_VERSION (a `v` that is not a number is a schema error);
 4. a topic type that the role may not send, a `type` field that differs from the topic's type, or an
    `issuer` that differs from the topic's role → UNAUTHORIZED;
@@ -41,25 +43,28 @@ def decode_inbound(role: str, msg_type: str, payload: bytes) -> core.Inbound | c
     topic_type = msg_type[:64]  # echoed as ref_type; a topic segment can be anything
 
     def invalid(reason: str, detail: str, msg_id: str | None) -> core.Invalid:
-        return core.Invalid(role, topic_type, msg_id, reason, detail, payload)
+        # a detail may quote the input (a field's name): keep it encodable whatever the input was
+        return core.Invalid(role, topic_type, msg_id, reason, _text(detail), payload)
 
     if len(payload) > MAX_PAYLOAD:
-        obj = _parse(payload) if len(payload) <= MAX_ID_RECOVERY else None
+        obj = _parse(payload)[0] if len(payload) <= MAX_ID_RECOVERY else None
         detail = f"payload of {len(payload)} bytes is over the {MAX_PAYLOAD}-byte limit"
         return invalid("SCHEMA_INVALID", detail, _usable_id(obj))
     try:
-        obj = json.loads(payload.decode("utf-8"))
+        obj, duplicate = _loads(payload)
     except (ValueError, RecursionError) as err:
         return invalid("SCHEMA_INVALID", f"not UTF-8 JSON: {err}"[:200], None)
     if not isinstance(obj, dict):
         return invalid("SCHEMA_INVALID", "payload is not a JSON object", None)
-    msg_id = _usable_id(obj)
+    msg_id = _usable_id(obj) if duplicate != "id" else None  # two ids: no telling which to answer
     if msg_id is None:
-        return invalid("SCHEMA_INVALID", "no usable id: a string of 1 to 128 characters is required", None)
+        return invalid("SCHEMA_INVALID", "no usable id: one string of 1 to 128 characters is required", None)
+    if duplicate is not None:
+        return invalid("SCHEMA_INVALID", f"{duplicate[:64]}: the key appears more than once", msg_id)
     v = obj.get("v")
     if isinstance(v, int | float) and not isinstance(v, bool) and v != 1:
-        return invalid("UNSUPPORTED_VERSION", f"protocol version {v} is not supported; this gateway speaks 1",
-                       msg_id)
+        return invalid("UNSUPPORTED_VERSION",
+                       f"protocol version {str(v)[:20]} is not supported; this gateway speaks 1", msg_id)
     model = wire.INBOUND[role].get(msg_type)
     if model is None:
         return invalid("UNAUTHORIZED", f"{topic_type!r} is not a message type of role {role}", msg_id)
@@ -76,16 +81,45 @@ def decode_inbound(role: str, msg_type: str, payload: bytes) -> core.Inbound | c
     return _to_domain(msg, payload)
 
 
-def _parse(payload: bytes) -> Any:
+def _loads(payload: bytes) -> tuple[Any, str | None]:
+    """The JSON value, and the first key found twice in one of its objects (None: none was)."""
+    duplicates: list[str] = []
+
+    def unique(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(pairs)
+        if len(obj) < len(pairs):
+            seen: set[str] = set()
+            for key, _ in pairs:
+                if key in seen:
+                    duplicates.append(key)
+                seen.add(key)
+        return obj
+
+    obj = json.loads(payload.decode("utf-8"), object_pairs_hook=unique)
+    return obj, duplicates[0] if duplicates else None
+
+
+def _parse(payload: bytes) -> tuple[Any, str | None]:
     try:
-        return json.loads(payload.decode("utf-8"))
+        return _loads(payload)
     except (ValueError, RecursionError):
-        return None
+        return None, None
 
 
 def _usable_id(obj: Any) -> str | None:
     msg_id = obj.get("id") if isinstance(obj, dict) else None
-    return msg_id if isinstance(msg_id, str) and 1 <= len(msg_id) <= 128 else None
+    if not isinstance(msg_id, str) or not 1 <= len(msg_id) <= 128:
+        return None
+    return msg_id if _text(msg_id) == msg_id else None  # a lone surrogate cannot be answered or logged
+
+
+def _text(s: str) -> str:
+    """`s` if it is text; else with its lone surrogates escaped (\\ud800), so that it can be encoded."""
+    try:
+        s.encode("utf-8")
+        return s
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _describe(err: ValidationError) -> str:

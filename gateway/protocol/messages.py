@@ -43,6 +43,21 @@ def _utc(value: datetime) -> datetime:
     return value.astimezone(UTC)
 
 
+# Inbound times must lie well inside the calendar: the core adds to them and subtracts from them
+# (retention, ramps, "just before"), and 9999-12-31T23:59:59-23:59 is not even a date once in UTC.
+EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def _inbound_utc(value: datetime) -> datetime:
+    try:
+        utc = _utc(value)
+    except OverflowError:
+        raise ValueError("is outside the calendar once converted to UTC") from None
+    if not EARLIEST <= utc < LATEST:
+        raise ValueError(f"must lie between {EARLIEST.year} and {LATEST.year} (UTC)")
+    return utc
+
+
 def _integer(value: object) -> object:
     if type(value) is not int:  # pydantic's Literal[1] would take true and 1.0
         raise ValueError("must be the integer 1")
@@ -50,7 +65,7 @@ def _integer(value: object) -> object:
 
 
 # Strict(False): the string has passed the RFC 3339 check, now let pydantic parse it.
-Time = Annotated[AwareDatetime, Strict(False), BeforeValidator(_rfc3339), AfterValidator(_utc)]
+Time = Annotated[AwareDatetime, Strict(False), BeforeValidator(_rfc3339), AfterValidator(_inbound_utc)]
 OutTime = Annotated[AwareDatetime, AfterValidator(_utc)]
 Version = Annotated[Literal[1], BeforeValidator(_integer)]
 Id = Annotated[str, Field(min_length=1, max_length=128)]

@@ -26,6 +26,11 @@ def make_device(
             return SunSpecDevice.from_config(
                 cfg, pool=pool or ModbusPool(), stale_after_s=stale_after_s, on_write=on_write
             )
+        case "dnp3":
+            # Imported here: a site without DNP3 devices runs where the opendnp3 binding is missing.
+            from gateway.south.dnp3_device import Dnp3Device
+
+            return Dnp3Device.from_config(cfg, stale_after_s=stale_after_s, on_write=on_write)
     raise ValueError(f"{cfg.id}: no driver for protocol {cfg.protocol!r}")
 
 

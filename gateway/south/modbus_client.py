@@ -1,14 +1,21 @@
-"""Modbus TCP client side: the only module that imports pymodbus's client.
+"""Modbus client side (TCP, RTU on a serial line, RTU framing over TCP): the only module that imports
+pymodbus's client.
 
-- One connection per TCP endpoint (host, port). Several unit ids behind one endpoint (a Modbus
-  gateway, a plant controller) share it, with one request in flight at a time: many devices and
-  gateways cannot queue requests, so requests are serialised with a lock. Parallelism comes from
-  talking to several endpoints at once, never from pipelining on one.
+- A *bus* is one TCP endpoint (host, port) or one serial port (an RS-485 line), described by a
+  `BusSpec`; it has one connection. Several unit ids on one bus (a multi-drop RS-485 line, a Modbus
+  gateway, a TCP-to-RTU converter, a plant controller) share it, with one request in flight at a time:
+  a serial line cannot carry two, and many devices and gateways cannot queue requests, so requests are
+  serialised with a lock (FIFO, so the units on a bus are served in turn). Parallelism comes from
+  talking to several buses at once, never from pipelining on one.
+- Between two requests on a bus the line is left quiet for the bus's gap (`BusSpec.gap_s`; on a serial
+  line at least the 3.5 character times of Modbus RTU): slow RS-485 devices and converters drop a
+  request that follows the last answer too closely.
 - Timeouts are per unit (each device's `timeout_s` from the site file) and are ours, not pymodbus's:
   pymodbus's own timeout counts retries and closes the connection on its own schedule, which would
   cut off every other unit behind a shared endpoint when one of them goes silent.
-- Reconnect is ours too (pymodbus's automatic reconnect is switched off), with capped exponential
-  backoff and jitter; while waiting, requests fail at once instead of queueing behind a dead link.
+- Reconnect (reopen, for a serial port) is ours too (pymodbus's automatic reconnect is switched off),
+  with capped exponential backoff and jitter, per bus; while waiting, requests on that bus fail at once
+  instead of queueing behind a dead link, and other buses are not affected.
 - Every failure is one of three errors: `ModbusTimeout`, `ModbusExceptionResponse` (with the code),
   `ModbusConnectionLost`. Nothing of pymodbus leaks out of this module.
 """
@@ -18,9 +25,13 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal
 
-from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.client.base import ModbusBaseClient
 from pymodbus.exceptions import ModbusException
+from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
 
 from gateway.south.backoff import Backoff
@@ -50,6 +61,65 @@ EXCEPTION_NAMES = {
 }
 _GATEWAY_TARGET_NO_RESPONSE = 11
 
+Transport = Literal["tcp", "rtu", "rtu_over_tcp"]
+Table = Literal["holding", "input"]  # FC3 / FC4
+# Modbus over serial line (V1.02) §2.5.1.1: frames are separated by a silent interval of at least 3.5
+# character times; above 19,200 baud a fixed 1.75 ms is recommended instead.
+_RTU_SILENT_CHARS = 3.5
+_RTU_MIN_SILENT_S = 0.00175
+
+
+@dataclass(frozen=True)
+class SerialLine:
+    """The settings of a serial port (RS-485 through a USB or on-board adapter)."""
+
+    port: str
+    baudrate: int = 9600
+    parity: Literal["N", "E", "O"] = "N"
+    stopbits: Literal[1, 2] = 1
+    bytesize: Literal[7, 8] = 8
+
+    @property
+    def silent_interval_s(self) -> float:
+        """The RTU inter-frame silence: 3.5 characters (start, data, parity, stop bits) at this speed."""
+        bits = 1 + self.bytesize + (self.parity != "N") + self.stopbits
+        return max(_RTU_MIN_SILENT_S, _RTU_SILENT_CHARS * bits / self.baudrate)
+
+
+@dataclass(frozen=True)
+class BusSpec:
+    """One bus: a TCP endpoint (Modbus TCP, or RTU frames through a TCP-to-RTU converter) or a serial
+    port, and the quiet time left between two requests on it."""
+
+    transport: Transport = "tcp"
+    host: str = "127.0.0.1"
+    port: int = 502
+    serial: SerialLine | None = None
+    gap_s: float = 0.0
+
+    def __post_init__(self) -> None:
+        if (self.transport == "rtu") != (self.serial is not None):
+            raise ValueError("a serial line is needed for transport 'rtu', and only for it")
+        if self.gap_s < 0:
+            raise ValueError("gap_s must be >= 0")
+
+    @property
+    def key(self) -> tuple[str, ...]:
+        """What identifies the bus: two specs with one key must be one connection."""
+        if self.serial is not None:
+            return ("serial", self.serial.port)
+        return ("tcp", self.host, str(self.port))
+
+    @property
+    def effective_gap_s(self) -> float:
+        return max(self.gap_s, self.serial.silent_interval_s) if self.serial else self.gap_s
+
+    def __str__(self) -> str:
+        if self.serial is not None:
+            return self.serial.port
+        prefix = "rtu-over-tcp " if self.transport == "rtu_over_tcp" else ""
+        return f"{prefix}{self.host}:{self.port}"
+
 
 class ModbusError(Exception):
     """A failed Modbus request. Exactly one of the three subclasses below is raised."""
@@ -72,21 +142,21 @@ class ModbusExceptionResponse(ModbusError):
 
 
 class ModbusEndpoint:
-    """One TCP connection to (host, port), shared by every unit id behind it."""
+    """One bus (see `BusSpec`): its connection, shared by every unit id on it."""
 
-    def __init__(self, host: str, port: int, *, backoff: Backoff | None = None) -> None:
-        self.host = host
-        self.port = port
+    def __init__(self, spec: BusSpec, *, backoff: Backoff | None = None) -> None:
+        self.spec = spec
         self._backoff = backoff or Backoff()
-        self._client: AsyncModbusTcpClient | None = None
+        self._client: ModbusBaseClient | None = None
         self._lock = asyncio.Lock()
         self._silent_requests = 0
+        self._quiet_until = 0.0  # monotonic time before which the bus must stay quiet (the gap)
         # Incremented at every successful connect. A driver that sees it change knows that the
         # connection was re-made, so the device may have rebooted and lost its volatile registers.
         self.generation = 0
 
     def __str__(self) -> str:
-        return f"{self.host}:{self.port}"
+        return str(self.spec)
 
     @property
     def connected(self) -> bool:
@@ -97,12 +167,15 @@ class ModbusEndpoint:
         unit_id: int,
         timeout_s: float,
         what: str,
-        call: Callable[[AsyncModbusTcpClient], Awaitable[ModbusPDU]],
+        call: Callable[[ModbusBaseClient], Awaitable[ModbusPDU]],
     ) -> ModbusPDU:
         """Run one request (connecting first if needed); `what` describes it for error messages."""
         where = f"{self} unit {unit_id}: {what}"
         async with self._lock:
             client = await self._connected_client(timeout_s, where)
+            quiet_s = self._quiet_until - time.monotonic()
+            if quiet_s > 0:
+                await asyncio.sleep(quiet_s)
             try:
                 response = await asyncio.wait_for(call(client), timeout_s)
             except TimeoutError:
@@ -118,6 +191,10 @@ class ModbusEndpoint:
                 # trusted any more, so start again on a fresh connection.
                 self._drop()
                 raise ModbusConnectionLost(f"{where}: {err}") from None
+            finally:
+                # From the end of this exchange (answered or not): a late answer from a slow unit has
+                # that long to arrive before the next request goes out on the line.
+                self._quiet_until = time.monotonic() + self.spec.effective_gap_s
             self._silent_requests = 0
         if response.isError():
             code = int(getattr(response, "exception_code", 0))
@@ -127,7 +204,21 @@ class ModbusEndpoint:
             raise ModbusExceptionResponse(f"{where}: exception {code} ({name})", code)
         return response
 
-    async def _connected_client(self, timeout_s: float, where: str) -> AsyncModbusTcpClient:
+    def _new_client(self) -> ModbusBaseClient:
+        spec, line = self.spec, self.spec.serial
+        if line is not None:
+            return AsyncModbusSerialClient(
+                line.port, framer=FramerType.RTU, baudrate=line.baudrate, bytesize=line.bytesize,
+                parity=line.parity, stopbits=line.stopbits, timeout=_PYMODBUS_TIMEOUT_S, retries=0,
+                reconnect_delay=0,
+            )
+        framer = FramerType.RTU if spec.transport == "rtu_over_tcp" else FramerType.SOCKET
+        return AsyncModbusTcpClient(
+            spec.host, port=spec.port, framer=framer, timeout=_PYMODBUS_TIMEOUT_S, retries=0,
+            reconnect_delay=0,
+        )
+
+    async def _connected_client(self, timeout_s: float, where: str) -> ModbusBaseClient:
         if self._client is not None and self._client.connected:
             return self._client
         self._drop()
@@ -135,12 +226,10 @@ class ModbusEndpoint:
         wait = self._backoff.wait_s(now)
         if wait > 0:
             raise ModbusConnectionLost(f"{where}: not connected; next attempt in {wait:.1f} s")
-        client = AsyncModbusTcpClient(
-            self.host, port=self.port, timeout=_PYMODBUS_TIMEOUT_S, retries=0, reconnect_delay=0
-        )
+        client = self._new_client()
         try:
             ok = await asyncio.wait_for(client.connect(), timeout_s)
-        except TimeoutError:
+        except (TimeoutError, OSError):  # OSError: a serial port that cannot be opened
             ok = False
         if not ok:
             client.close()
@@ -180,17 +269,21 @@ class ModbusUnit:
         """See `ModbusEndpoint.generation`."""
         return self.endpoint.generation
 
-    async def read(self, address: int, count: int) -> list[int]:
-        """Holding registers [address, address + count), in requests of at most 125 registers."""
+    async def read(self, address: int, count: int, table: Table = "holding") -> list[int]:
+        """Registers [address, address + count) of `table` (FC3 holding, FC4 input), in requests of at
+        most 125 registers."""
         self._check_open()
         out: list[int] = []
         for start in range(address, address + count, MAX_READ_REGISTERS):
             n = min(MAX_READ_REGISTERS, address + count - start)
+            kind = "input " if table == "input" else ""
             response = await self.endpoint.request(
                 self.unit_id,
                 self.timeout_s,
-                f"read {n} registers at {start}",
-                lambda c, start=start, n=n: c.read_holding_registers(start, count=n, device_id=self.unit_id),
+                f"read {n} {kind}registers at {start}",
+                lambda c, start=start, n=n: (
+                    c.read_input_registers if table == "input" else c.read_holding_registers
+                )(start, count=n, device_id=self.unit_id),
             )
             registers = list(getattr(response, "registers", []))
             if len(registers) < n:
@@ -199,11 +292,20 @@ class ModbusUnit:
             out.extend(registers[:n])
         return out
 
-    async def write(self, address: int, values: Sequence[int]) -> None:
-        """Write holding registers with FC16 (the function code SunSpec requires for writes)."""
+    async def write(self, address: int, values: Sequence[int], *, single: bool = False) -> None:
+        """Write holding registers with FC16 (the function code SunSpec requires for writes), or one
+        register with FC6 (`single`: some vendor devices accept nothing else)."""
+        if single and len(values) != 1:
+            raise ValueError("FC6 writes exactly one register")
         if not 0 < len(values) <= MAX_WRITE_REGISTERS:
             raise ValueError(f"a write takes 1 to {MAX_WRITE_REGISTERS} registers, not {len(values)}")
         self._check_open()
+        if single:
+            await self.endpoint.request(
+                self.unit_id, self.timeout_s, f"write register {address} (FC6)",
+                lambda c: c.write_register(address, values[0], device_id=self.unit_id),
+            )
+            return
         await self.endpoint.request(
             self.unit_id,
             self.timeout_s,
@@ -223,23 +325,30 @@ class ModbusUnit:
 
 
 class ModbusPool:
-    """Endpoints by (host, port): devices behind one TCP endpoint share one connection and one lock."""
+    """Buses by key: devices on one bus (TCP endpoint or serial port) share one connection and one lock."""
 
     def __init__(self, backoff_factory: Callable[[], Backoff] = Backoff) -> None:
         self._backoff_factory = backoff_factory
-        self._endpoints: dict[tuple[str, int], ModbusEndpoint] = {}
-        self._users: dict[tuple[str, int], int] = {}
+        self._endpoints: dict[tuple[str, ...], ModbusEndpoint] = {}
+        self._users: dict[tuple[str, ...], int] = {}
 
     def unit(self, host: str, port: int, unit_id: int, timeout_s: float) -> ModbusUnit:
-        key = (host, port)
+        """A unit behind a Modbus TCP endpoint."""
+        return self.unit_on(BusSpec(host=host, port=port), unit_id, timeout_s)
+
+    def unit_on(self, spec: BusSpec, unit_id: int, timeout_s: float) -> ModbusUnit:
+        """A unit on the bus `spec` (ValueError if that bus is already in use with other settings)."""
+        key = spec.key
         if key not in self._endpoints:
-            self._endpoints[key] = ModbusEndpoint(host, port, backoff=self._backoff_factory())
+            self._endpoints[key] = ModbusEndpoint(spec, backoff=self._backoff_factory())
             self._users[key] = 0
+        elif self._endpoints[key].spec != spec:
+            raise ValueError(f"{spec}: already in use with other settings: {self._endpoints[key].spec!r}")
         self._users[key] += 1
         return ModbusUnit(self._endpoints[key], unit_id, timeout_s, self)
 
     async def release(self, endpoint: ModbusEndpoint) -> None:
-        key = (endpoint.host, endpoint.port)
+        key = endpoint.spec.key
         if self._endpoints.get(key) is not endpoint:
             return  # the pool was closed under it
         self._users[key] -= 1

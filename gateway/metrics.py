@@ -1,0 +1,132 @@
+"""Prometheus metrics of one gateway, served at /metrics by `gateway.web.server`.
+
+Each gateway has its own registry (not prometheus_client's global one), so several gateways in one
+process (tests, the demo) never share or clash over a metric. Counters and the last decision are fed by
+hooks: `on_cycle` (a cycle listener), `on_read` (each device poll) and `on_inbound` (the answers to each
+inbound message). Values that only matter when someone looks — device states, outbox depth, audit
+records, uptime — are read from the gateway at scrape time.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, Info
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gateway import __version__
+from gateway.core.engine import Cycle
+from gateway.core.model import DeviceReading, Inbound, Invalid, MeterReading
+from gateway.core.outbound import Outbound, Response
+from gateway.south.device import Device, DeviceError, DeviceFault, Reading
+from gateway.web.history import metered_pcc_kw
+
+if TYPE_CHECKING:
+    from gateway.app import Gateway
+
+MODES = ("normal", "constrained", "overridden", "failsafe")
+# Modbus reads on a LAN take milliseconds; a device near its timeout (1 s by default) lands in the top
+# buckets.
+POLL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+def binding_kind(binding: str) -> str:
+    """`envelope:env-1` → `envelope`: instruction ids would give a label value per instruction."""
+    return binding.partition(":")[0]
+
+
+class Metrics:
+    def __init__(self, gateway: Gateway) -> None:
+        self.registry = r = CollectorRegistry()
+        Info("der_gateway", "Version and site of this gateway", registry=r).info(
+            {"version": __version__, "site_id": gateway.site.site.id})
+        self.poll_seconds = Histogram("der_gateway_device_poll_seconds",
+                                      "Duration of one device read that was attempted (reconnects included)",
+                                      ["device"], buckets=POLL_BUCKETS, registry=r)
+        self.poll_errors = Counter("der_gateway_device_poll_errors",
+                                   "Device reads that failed: offline (no answer) or fault (refused)",
+                                   ["device", "error"], registry=r)
+        self.decisions = Counter("der_gateway_decisions",
+                                 "Control cycles (a decision each) by the kind of source that set the target",
+                                 ["binding"], registry=r)
+        self.export_binding = Counter("der_gateway_export_limit_decisions",
+                                      "Control cycles by the kind of source that set the export limit",
+                                      ["binding"], registry=r)
+        self.responses = Counter("der_gateway_responses", "Responses sent, by issuer role and status",
+                                 ["role", "status"], registry=r)
+        self.pcc_kw = Gauge("der_gateway_pcc_kw",
+                            "Metered PCC power, + = export (NaN without a usable meter)", registry=r)
+        self.target_kw = Gauge("der_gateway_target_kw", "Decided PCC target", registry=r)
+        self.export_limit_kw = Gauge("der_gateway_export_limit_kw", "PCC export limit in force", registry=r)
+        self.import_limit_kw = Gauge("der_gateway_import_limit_kw", "PCC import limit in force", registry=r)
+        self.mode = Enum("der_gateway_mode", "Operating mode", states=list(MODES), registry=r)
+        r.register(_ScrapeTime(gateway))
+
+    # ---- hooks ---------------------------------------------------------------------------------------
+    def on_cycle(self, cycle: Cycle, meter: MeterReading | None, devices: list[DeviceReading]) -> None:
+        d = cycle.decision
+        self.decisions.labels(binding_kind(d.binding)).inc()
+        self.export_binding.labels(binding_kind(d.export_binding)).inc()
+        pcc = metered_pcc_kw(meter)
+        self.pcc_kw.set(math.nan if pcc is None else pcc)
+        self.target_kw.set(d.target_kw)
+        self.export_limit_kw.set(d.export_limit_kw)
+        self.import_limit_kw.set(d.import_limit_kw)
+        self.mode.state(cycle.mode)
+        self._count(cycle.outbound)
+
+    def on_read(self, device: Device, reading: Reading | None, seconds: float,
+                error_before: DeviceError | None) -> None:
+        """After one `device.read()`. An offline device waiting out its backoff returns None without
+        asking the device: that is no poll, and its ~0 s would hide real latency."""
+        if reading is None and device.last_error is error_before:
+            return
+        self.poll_seconds.labels(device.id).observe(seconds)
+        if reading is None:
+            kind = "fault" if isinstance(device.last_error, DeviceFault) else "offline"
+            self.poll_errors.labels(device.id, kind).inc()
+
+    def on_inbound(self, msg: Inbound | Invalid, outs: list[Outbound]) -> None:
+        self._count(outs)
+
+    def _count(self, outs: list[Outbound]) -> None:
+        for out in outs:
+            if isinstance(out, Response):
+                self.responses.labels(out.role, out.status).inc()
+
+
+class _ScrapeTime(Collector):
+    """Gauges read from the gateway when /metrics is scraped."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def collect(self) -> Iterator[Metric]:
+        gw = self.gateway
+        online = GaugeMetricFamily("der_gateway_device_online", "1 while the device answers its reads",
+                                   labels=["device", "kind"])
+        stale = GaugeMetricFamily("der_gateway_device_stale",
+                                  "1 when the device's last good reading is too old to use",
+                                  labels=["device"])
+        for dev_id, poller in gw.pollers.items():
+            online.add_metric([dev_id, poller.device.kind], float(poller.device.online))
+            stale.add_metric([dev_id], float(poller.device.stale))
+        yield online
+        yield stale
+        yield GaugeMetricFamily("der_gateway_uptime_seconds", "Seconds since the gateway started",
+                                value=time.monotonic() - gw.started)
+        # The store (outbox and audit log) is optional: without one these metrics are absent, not 0.
+        store = getattr(gw, "store", None)
+        outbox = getattr(store, "outbox", None)
+        if outbox is not None:
+            yield GaugeMetricFamily("der_gateway_outbox_depth",
+                                    "Telemetry messages stored and not yet acknowledged by the broker",
+                                    value=outbox.depth())
+        audit = getattr(store, "audit", None)
+        if audit is not None:
+            yield CounterMetricFamily("der_gateway_audit_records", "Records appended to the audit log",
+                                      value=audit.count)

@@ -1,0 +1,385 @@
+"""What every driver of a device on a Modbus bus shares, whatever describes its registers (SunSpec models
+found by discovery, or a vendor profile): the read cycle, the command policy and the write journal.
+
+Subclasses say *where* things are (`_discover`, `_read_image`, `_reading`, `_power_plan`,
+`_connect_plan`); this class decides *when* to write:
+
+- Reads: one image of every register the driver uses per cycle. If the bus's connection was re-made
+  since discovery (the device may have rebooted, with another map and none of our setpoints), the
+  device is discovered again and the last command re-applied; likewise when the read-back shows the
+  device no longer holds a written value (it reverted, or another master wrote).
+- Writes: only what changed, in order (settings, value, reversion timer, then enable; cease to
+  energize before anything else, energize only once the new limit is in place). An unchanged power
+  command is rewritten every `REFRESH_FRACTION` × the reversion timeout, which keeps the device's
+  reversion timer from running out while the gateway lives. Every point written is journalled as a
+  `WriteRecord`, with its result.
+- Modbus errors become device errors once, here: no answer → `DeviceOffline`, an exception or an
+  unusable map → `DeviceFault`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from abc import abstractmethod
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from gateway.south.backoff import Backoff
+from gateway.south.device import (
+    Device,
+    DeviceError,
+    DeviceFault,
+    DeviceOffline,
+    Kind,
+    Reading,
+    Setpoint,
+    WriteHook,
+    WritePurpose,
+    WriteRecord,
+)
+from gateway.south.modbus_client import (
+    MAX_READ_REGISTERS,
+    MAX_WRITE_REGISTERS,
+    ModbusError,
+    ModbusExceptionResponse,
+    ModbusTimeout,
+    ModbusUnit,
+    Table,
+)
+
+# Unchanged commands are rewritten at this fraction of the reversion timeout: under half, so that one
+# missed cycle (a slow read, a retried request) still leaves the device holding the setpoint.
+REFRESH_FRACTION = 0.4
+
+
+@dataclass(frozen=True)
+class PointWrite:
+    """One point to write: its registers, already encoded, and what the journal records of it."""
+
+    label: str  # "704.WMaxLimPct", or "<profile>.<register>" for a vendor profile
+    address: int
+    raw: int | str  # the value as written, before encoding (scaled integer, enum value)
+    regs: tuple[int, ...]
+    held: bool = False  # the device must go on holding it: a read-back that differs means it was lost
+    single: bool = False  # write with FC6 (one register) instead of FC16
+
+
+class RegisterImage:
+    """The registers read in one cycle, as contiguous spans of the holding (FC3) and input (FC4) tables."""
+
+    def __init__(
+        self, spans: Sequence[tuple[int, list[int]]], input_spans: Sequence[tuple[int, list[int]]] = ()
+    ) -> None:
+        self._spans = {"holding": spans, "input": input_spans}
+
+    def regs(self, address: int, size: int, table: Table = "holding") -> list[int]:
+        for start, regs in self._spans[table]:
+            if start <= address and address + size <= start + len(regs):
+                return regs[address - start : address - start + size]
+        raise KeyError(f"{table} registers {address}..{address + size - 1} were not read")
+
+
+def coalesce(ranges: Iterable[tuple[int, int]], max_gap: int | None = None) -> list[tuple[int, int]]:
+    """(start, count) requests covering every [start, end) range, ≤ 125 registers each.
+
+    Ranges are merged greedily while the result fits one request and the registers read through
+    between them number at most `max_gap` (None: any): a SunSpec map is contiguous, but a vendor map
+    may have holes that the device answers with exception 2.
+    """
+    spans: list[list[int]] = []
+    for start, end in sorted(set(ranges)):
+        if (
+            spans
+            and max(spans[-1][1], end) - spans[-1][0] <= MAX_READ_REGISTERS
+            and (max_gap is None or start - spans[-1][1] <= max_gap)
+        ):
+            spans[-1][1] = max(spans[-1][1], end)
+        else:
+            spans.append([start, end])
+    return [(start, end - start) for start, end in spans]
+
+
+@dataclass(frozen=True)
+class Quantities:
+    """What a driver read, in SI units and the device's own sign convention; None = not reported."""
+
+    p_w: float | None
+    q_var: float | None = None
+    v: float | None = None
+    v_nominal: float | None = None
+    hz: float | None = None
+    rated_w: float | None = None
+    available_w: float | None = None
+    max_charge_w: float | None = None
+    max_discharge_w: float | None = None
+    soc_pct: float | None = None
+    soc_min_pct: float | None = None
+    soc_max_pct: float | None = None
+    connected: bool | None = None
+    limit_pct: float | None = None  # the active power limit in force, % of rated_w
+    setpoint_w: float | None = None  # the W command in force (device sign)
+
+
+class BusDevice(Device):
+    """A `Device` whose registers are read and written through a `ModbusUnit`."""
+
+    def __init__(
+        self,
+        device_id: str,
+        kind: Kind,
+        *,
+        unit: ModbusUnit,
+        sign: int,
+        reversion_timeout_s: float,
+        stale_after_s: float,
+        on_write: WriteHook | None = None,
+        backoff: Backoff | None = None,
+    ) -> None:
+        super().__init__(device_id, kind, stale_after_s=stale_after_s, on_write=on_write, backoff=backoff)
+        self._unit = unit
+        self._sign = sign  # +1 when the device's positive W is ours (into the grid side), else -1
+        # Timer registers hold whole seconds; refresh against what the device will actually count.
+        self._reversion_s = max(1, round(reversion_timeout_s))
+        self._refresh_s = self._reversion_s * REFRESH_FRACTION
+        self._image: RegisterImage | None = None
+        self._generation = -1  # the bus connection's generation at discovery
+        self._applied_power: tuple[PointWrite, ...] | None = None
+        self._power_written_at = -math.inf
+        self._applied_connect: bool | None = None
+        self._pv_available_w: float | None = None  # last estimate, for PV that does not report it
+
+    @property
+    def unit(self) -> ModbusUnit:
+        """The Modbus unit this device talks to (its bus is shared with the other units on it)."""
+        return self._unit
+
+    # --- for subclasses -----------------------------------------------------------------------------
+
+    @abstractmethod
+    async def _discover(self) -> None:
+        """Find out where everything is (reading the device as needed), then `_discovered()` and read a
+        first image."""
+
+    @abstractmethod
+    async def _read_image(self) -> RegisterImage:
+        """Read every register the driver uses; store and return the image (`self._image`)."""
+
+    @abstractmethod
+    def _reading(self, image: RegisterImage) -> Reading: ...
+
+    @abstractmethod
+    def _power_plan(self, cmd: Setpoint) -> tuple[PointWrite, ...]:
+        """The ordered writes of a power command (settings, value, reversion, timer, then enable)."""
+
+    @abstractmethod
+    def _connect_plan(self, cmd: Setpoint) -> PointWrite | None:
+        """The write that connects or disconnects; None when the device has no such control."""
+
+    async def _after_apply(self, now: float) -> None:
+        """After the command writes of a cycle (a protocol heartbeat, for instance)."""
+
+    def _discovered(self) -> None:
+        """Discovery is through: what was applied before is unknown on the (maybe rebooted) device."""
+        self._generation = self._unit.generation
+        self._applied_power = None
+        self._applied_connect = None
+
+    # --- Device hooks -------------------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        await self._discover()
+
+    async def _recover(self) -> None:
+        await self._discover()
+        await self._reapply()
+
+    async def _read(self) -> Reading:
+        started = time.monotonic()
+        image = await self._read_image()
+        if self._unit.generation != self._generation:
+            # The connection was re-made since discovery (by us or by another unit on the bus).
+            await self._recover()
+            assert self._image is not None
+            image = self._image
+        elif self._lost_power_command(image, started):
+            await self._reapply()
+        return self._reading(image)
+
+    async def _write(self) -> None:
+        await self._apply(force=False)
+
+    async def _keep_alive(self) -> None:
+        # Writes only when a refresh is due, and nothing before the first command: after a restart,
+        # the first write a device sees carries the restored limits (TDC-19).
+        if self._command is not None:
+            await self._apply(force=False)
+
+    async def _close(self) -> None:
+        await self._unit.close()
+
+    # --- reading ------------------------------------------------------------------------------------
+
+    def _reading_from(self, q: Quantities) -> Reading:
+        """A `Reading` in the gateway's sign convention, with what the device does not say estimated."""
+        if q.p_w is None:
+            raise DeviceFault(self.id, "the device reports its active power as not implemented")
+        sign, rated_w = self._sign, q.rated_w
+        available_w, max_charge_w = q.available_w, 0.0
+        if self._kind == "pv" and available_w is None and rated_w:
+            available_w = self._pv_available_w = _pv_available_w(q.p_w, rated_w, q.limit_pct,
+                                                                 self._pv_available_w)
+        elif self._kind == "battery":
+            soc, soc_min, soc_max = q.soc_pct, q.soc_min_pct, q.soc_max_pct
+            discharge = q.max_discharge_w or rated_w or 0.0
+            charge = q.max_charge_w or rated_w or 0.0
+            empty = soc is not None and soc_min is not None and soc <= soc_min
+            full = soc is not None and soc_max is not None and soc >= soc_max
+            available_w = 0.0 if empty else discharge
+            max_charge_w = 0.0 if full else charge
+        if q.setpoint_w is not None:
+            setpoint_kw: float | None = sign * q.setpoint_w / 1000
+        elif q.limit_pct is not None and rated_w is not None:
+            setpoint_kw = q.limit_pct * rated_w / 100 / 1000
+        else:
+            setpoint_kw = None
+        return Reading(
+            p_kw=sign * q.p_w / 1000,
+            q_kvar=None if q.q_var is None else sign * q.q_var / 1000,
+            v_pu=q.v / q.v_nominal if q.v is not None and q.v_nominal else None,
+            hz=q.hz,
+            available_kw=None if available_w is None else available_w / 1000,
+            max_charge_kw=max_charge_w / 1000,
+            rated_kw=None if rated_w is None else rated_w / 1000,
+            soc_pct=q.soc_pct,
+            connected=q.connected,
+            limit_pct=q.limit_pct,
+            setpoint_kw=setpoint_kw,
+            at=time.monotonic(),
+        )
+
+    def _lost_power_command(self, image: RegisterImage, read_started: float) -> bool:
+        """The device no longer holds what we wrote (it reverted, rebooted behind a gateway, or another
+        master wrote): a held point reads back other than it was written."""
+        if self._applied_power is None or self._power_written_at >= read_started:
+            return False
+        held = (w for w in self._applied_power if w.held)
+        return any(image.regs(w.address, len(w.regs)) != list(w.regs) for w in held)
+
+    # --- writing ------------------------------------------------------------------------------------
+
+    def _power_target(self, cmd: Setpoint, unit: str, rated_w: float | None) -> float:
+        """The command in the device's terms: % of rated (0..100) for a limit, else signed device W."""
+        if not rated_w:
+            raise DeviceFault(self.id, "cannot command: the device reports no rated power")
+        if unit == "pct_of_rated":
+            return min(100.0, max(0.0, cmd.p_kw * 1000 / rated_w * 100))
+        return self._sign * min(rated_w, max(-rated_w, cmd.p_kw * 1000))
+
+    async def _reapply(self) -> None:
+        if self._command is not None:
+            await self._apply(force=True)
+
+    async def _apply(self, *, force: bool) -> None:
+        """Write what of `self._command` is not yet on the device, or is due for a refresh."""
+        cmd = self._command
+        assert cmd is not None and self._image is not None
+        now = time.monotonic()
+        power = self._power_plan(cmd)
+        power_step: tuple[list[PointWrite], WritePurpose] | None = None
+        if force or power != self._applied_power:
+            power_step = (list(power), "reapply" if force else "setpoint")
+        elif now - self._power_written_at >= self._refresh_s:
+            power_step = (list(power), "refresh")
+        connect = self._connect_plan(cmd)
+        connect_step: tuple[list[PointWrite], WritePurpose] | None = None
+        if connect is None and not cmd.connect:
+            raise DeviceFault(self.id, "cannot disconnect: the device has no connect control in its profile")
+        if connect is not None and (force or cmd.connect != self._applied_connect):
+            connect_step = ([connect], "reapply" if force else "connect")
+        # Energize only once the new limit is in place; cease to energize before anything else.
+        order = [("power", power_step), ("connect", connect_step)]
+        for what, step in order if cmd.connect else reversed(order):
+            if step is None:
+                continue
+            if what == "power":
+                self._applied_power = None  # until the whole sequence is through
+                await self._write_points(*step)
+                self._applied_power, self._power_written_at = power, now
+            else:
+                self._applied_connect = None
+                await self._write_points(*step)
+                self._applied_connect = cmd.connect
+        await self._after_apply(now)
+
+    async def _write_points(self, writes: Sequence[PointWrite], purpose: WritePurpose) -> None:
+        """Write in order, one request per run of adjacent points; every point is recorded."""
+        for group in _contiguous(writes):
+            first = group[0]
+            regs = [r for w in group for r in w.regs]
+            result = "ok"
+            try:
+                with self._translated(f"write {', '.join(w.label for w in group)}"):
+                    await self._unit.write(first.address, regs, single=first.single)
+            except DeviceError as err:
+                result = _result_of(err)
+                raise
+            finally:
+                stamp = time.time()
+                for w in group:
+                    self._record(WriteRecord(self.id, w.label, w.address, w.raw, result, purpose, stamp))
+
+    @contextmanager
+    def _translated(self, what: str) -> Iterator[None]:
+        """Modbus errors → DeviceOffline (no answer) or DeviceFault (the device refused)."""
+        try:
+            yield
+        except ModbusError as err:
+            cls = DeviceFault if isinstance(err, ModbusExceptionResponse) else DeviceOffline
+            raise cls(self.id, f"{what}: {err}") from err
+        except ValueError as err:
+            raise DeviceFault(self.id, f"{what}: {err}") from None
+
+
+def _contiguous(writes: Sequence[PointWrite]) -> list[list[PointWrite]]:
+    """Consecutive FC16 writes whose points are adjacent go in one request."""
+    groups: list[list[PointWrite]] = []
+    for w in writes:
+        last = groups[-1] if groups else None
+        if (
+            last is not None
+            and not w.single
+            and not last[-1].single
+            and last[-1].address + len(last[-1].regs) == w.address
+            and sum(len(x.regs) for x in last) + len(w.regs) <= MAX_WRITE_REGISTERS
+        ):
+            last.append(w)
+        else:
+            groups.append([w])
+    return groups
+
+
+def _result_of(err: DeviceError) -> str:
+    cause = err.__cause__
+    if isinstance(cause, ModbusExceptionResponse):
+        return f"exception {cause.code}"
+    if isinstance(cause, ModbusTimeout):
+        return "timeout"
+    return "connection lost"
+
+
+def _pv_available_w(p_w: float, rated_w: float, limit_pct: float | None, last_w: float | None) -> float:
+    """What a PV inverter could produce now, when it does not say (the 70x models have no WAval).
+
+    Below its limit by more than a small band, the inverter gives all the sun gives: its output is its
+    available power. At its limit it could give more, how much is unknown: the last estimate stands (the
+    nameplate before there is one), and the control loop probes above it to find out. Taking the
+    nameplate every time instead would make the estimate jump between output and nameplate on
+    alternate cycles whenever the limit sits at the available power.
+    """
+    limit_w = rated_w if limit_pct is None else rated_w * limit_pct / 100
+    band_w = max(0.01 * rated_w, 500.0)
+    if p_w < limit_w - band_w:
+        return max(p_w, 0.0)
+    return max(p_w, rated_w if last_w is None else last_w)

@@ -1,0 +1,273 @@
+"""DNP3 DER driver implementing `Device`: an opendnp3 master speaking the AN2018-001 / IEEE 1815.2 points
+named by `device_profiles/<profile>_inverter.toml` (default `dnp3`).
+
+Reads: an integrity poll when the link comes up and every `integrity_interval_s`, an event poll on every
+other read; the reading is built from the last value of each point, so an unchanged point costs nothing
+on the wire. A poll that gets no answer (response timeout, link down) raises DeviceOffline, and the
+`Device` supervision takes over (offline, backoff, recovery); opendnp3 reconnects the TCP link by itself.
+
+Writes: the active power limit as AO85 (reversion timeout), AO88 (setpoint), BO17 ON; the connect
+command as BO5. A command is written when it changes, refreshed every `REFRESH_FRACTION` × the reversion
+timeout, and written again in full after the link re-opens or the device reports a restart (its
+settings may be gone), or when the read-back (BI69, AI149) no longer shows it (it reverted, or another
+master wrote). Every point written is recorded through the `on_write` hook.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from gateway.config import DeviceConfig
+from gateway.dnp3.opendnp3_stack import AnalogCommand, BinaryCommand, Command, Dnp3Error, MasterStack
+from gateway.south.backoff import Backoff
+from gateway.south.device import (
+    Device,
+    DeviceFault,
+    DeviceOffline,
+    Reading,
+    WriteHook,
+    WritePurpose,
+    WriteRecord,
+)
+from gateway.south.profile import PROFILES_DIR, ROLE_OF_KIND, ProfileError
+from gateway.south.sunspec_device import REFRESH_FRACTION
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Analog(_Strict):
+    index: int = Field(ge=0, le=65535)
+    scale: float = Field(gt=0)
+
+
+class ReadPoints(_Strict):
+    p_w: Analog
+    q_var: Analog | None = None
+    hz: Analog | None = None
+    v: Analog | None = None
+    v_nominal: Analog | None = None
+    rated_w: Analog
+    available_w: Analog | None = None
+    limit_pct: Analog
+
+
+class StatusPoints(_Strict):
+    connected: int = Field(ge=0, le=65535)
+    limit_enabled: int = Field(ge=0, le=65535)
+
+
+class PowerPoints(_Strict):
+    reversion_timer: int = Field(ge=0, le=65535)
+    value: int = Field(ge=0, le=65535)
+    value_scale: float = Field(gt=0)
+    enable: int = Field(ge=0, le=65535)
+
+
+class ConnectPoint(_Strict):
+    point: int = Field(ge=0, le=65535)
+
+
+class Dnp3Profile(_Strict):
+    kind: Literal["pv"]
+    description: str = ""
+    operate: Literal["direct", "select_before_operate"] = "direct"
+    integrity_interval_s: float = Field(default=60.0, gt=0)
+    read: ReadPoints
+    status: StatusPoints
+    power: PowerPoints
+    connect: ConnectPoint
+
+
+def load_dnp3_profile(name: str, kind: str, directory: Path = PROFILES_DIR) -> Dnp3Profile:
+    path = directory / f"{name}_{ROLE_OF_KIND[kind]}.toml"
+    try:
+        return Dnp3Profile.model_validate(tomllib.loads(path.read_text(encoding="utf-8")))
+    except FileNotFoundError:
+        raise ProfileError(f"{path}: no such device profile (profile {name!r}, kind {kind!r})") from None
+    except (tomllib.TOMLDecodeError, ValidationError) as err:
+        raise ProfileError(f"{path}: {err}") from None
+
+
+@dataclass(frozen=True)
+class _Write:
+    label: str  # "AO88", "BO17": how the audit log names the point
+    command: Command
+
+    @property
+    def raw(self) -> int:
+        c = self.command
+        return round(c.value) if isinstance(c, AnalogCommand) else int(bool(c.on))
+
+
+class Dnp3Device(Device):
+    """A DER speaking DNP3 (AN2018 profile) behind the same interface as a SunSpec one."""
+
+    def __init__(self, cfg: DeviceConfig, *, profile: Dnp3Profile, stale_after_s: float,
+                 on_write: WriteHook | None = None, backoff: Backoff | None = None) -> None:
+        super().__init__(cfg.id, cfg.kind, stale_after_s=stale_after_s, on_write=on_write, backoff=backoff)
+        self._profile = profile
+        self._master = MasterStack(name=cfg.id, host=cfg.host, port=cfg.port, address=cfg.master_address,
+                                   outstation_address=cfg.outstation_address,
+                                   response_timeout_s=cfg.timeout_s)
+        self._reversion_s = max(1, round(cfg.reversion_timeout_s))  # the timer point holds whole seconds
+        self._refresh_s = self._reversion_s * REFRESH_FRACTION
+        self._integrity_at = -math.inf
+        self._polled_at = 0.0
+        self._applied_power: int | None = None  # AO88 raw as last written in full
+        self._power_written_at = -math.inf
+        self._applied_connect: bool | None = None
+        self._applied_generation = -1  # the link generation the command was last written in full on
+
+    @classmethod
+    def from_config(cls, cfg: DeviceConfig, *, stale_after_s: float, on_write: WriteHook | None = None,
+                    profiles_dir: Path = PROFILES_DIR) -> Dnp3Device:
+        profile = load_dnp3_profile(cfg.profile, cfg.kind, profiles_dir)
+        return cls(cfg, profile=profile, stale_after_s=stale_after_s, on_write=on_write)
+
+    # --- Device hooks -------------------------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        self._master.start()
+        await self._poll(integrity=True)
+        self._applied_generation = self._master.generation
+
+    async def _recover(self) -> None:
+        await self._connect()
+        await self._reapply()
+
+    async def _read(self) -> Reading:
+        started = time.monotonic()
+        await self._poll(integrity=started - self._integrity_at >= self._profile.integrity_interval_s)
+        if self._command is not None and (self._master.generation != self._applied_generation
+                                          or self._lost_power_command(started)):
+            await self._reapply()
+        return self._reading()
+
+    async def _write(self) -> None:
+        await self._apply(force=False)
+
+    async def _keep_alive(self) -> None:
+        if self._command is not None:  # writes only when a refresh is due
+            await self._apply(force=False)
+
+    async def _close(self) -> None:
+        self._master.stop()
+
+    # --- reads --------------------------------------------------------------------------------------
+
+    async def _poll(self, *, integrity: bool) -> None:
+        try:
+            await self._master.poll(integrity=integrity)
+        except Dnp3Error as err:
+            raise DeviceOffline(self.id, str(err)) from err
+        self._polled_at = time.monotonic()
+        if integrity:
+            self._integrity_at = self._polled_at
+
+    def _value(self, point: Analog | None) -> float | None:
+        if point is None or point.index not in self._master.analogs:
+            return None
+        return self._master.analogs[point.index] * point.scale
+
+    def _reading(self) -> Reading:
+        rd, st, bi = self._profile.read, self._profile.status, self._master.binaries
+        p_w, rated_w = self._value(rd.p_w), self._value(rd.rated_w)
+        if p_w is None:
+            raise DeviceFault(self.id, f"the device does not report its active power (AI{rd.p_w.index})")
+        q_var, v, v_nom, available_w = map(self._value, (rd.q_var, rd.v, rd.v_nominal, rd.available_w))
+        limit_pct = self._value(rd.limit_pct) if bi.get(st.limit_enabled) else None
+        return Reading(
+            p_kw=p_w / 1000,
+            q_kvar=None if q_var is None else q_var / 1000,
+            v_pu=v / v_nom if v is not None and v_nom else None,
+            hz=self._value(rd.hz),
+            available_kw=None if available_w is None else available_w / 1000,
+            max_charge_kw=0.0,
+            rated_kw=None if rated_w is None else rated_w / 1000,
+            soc_pct=None,
+            connected=bi.get(st.connected),
+            limit_pct=limit_pct,
+            setpoint_kw=None if limit_pct is None or not rated_w else limit_pct * rated_w / 100 / 1000,
+            at=self._polled_at,
+        )
+
+    def _lost_power_command(self, read_started: float) -> bool:
+        """The read-back no longer shows the limit last written (it reverted, or another master wrote);
+        judged only on a poll that started after that write was done."""
+        if self._applied_power is None or self._power_written_at >= read_started:
+            return False
+        enabled = self._master.binaries.get(self._profile.status.limit_enabled)
+        held = self._master.analogs.get(self._profile.read.limit_pct.index)
+        return not enabled or held != self._applied_power
+
+    # --- writes -------------------------------------------------------------------------------------
+
+    async def _reapply(self) -> None:
+        if self._command is not None:
+            await self._apply(force=True)
+            self._applied_generation = self._master.generation
+
+    async def _apply(self, *, force: bool) -> None:
+        """Write what of `self._command` is not yet on the device, or is due for a refresh."""
+        cmd = self._command
+        assert cmd is not None
+        rated = self._profile.read.rated_w
+        rated_w = self._value(rated)
+        if not rated_w:
+            raise DeviceFault(self.id, f"cannot command: the device reports no rated power (AI{rated.index})")
+        pw = self._profile.power
+        raw = round(min(100.0, max(0.0, cmd.p_kw * 1000 / rated_w * 100)) * pw.value_scale)
+        power: WritePurpose | None = None
+        if force or raw != self._applied_power:
+            power = "reapply" if force else "setpoint"
+        elif time.monotonic() - self._power_written_at >= self._refresh_s:
+            power = "refresh"
+        connect: WritePurpose | None = None
+        if force or cmd.connect != self._applied_connect:
+            connect = "reapply" if force else "connect"
+        if connect is not None and not cmd.connect:  # cease to energize before anything else
+            await self._write_connect(False, connect)
+            connect = None
+        if power is not None:
+            self._applied_power = None  # until the whole sequence is through
+            await self._operate([
+                _Write(f"AO{pw.reversion_timer}", AnalogCommand(pw.reversion_timer, self._reversion_s)),
+                _Write(f"AO{pw.value}", AnalogCommand(pw.value, raw)),
+                _Write(f"BO{pw.enable}", BinaryCommand(pw.enable, True, "LATCH_ON")),
+            ], power)
+            self._applied_power, self._power_written_at = raw, time.monotonic()
+        if connect is not None:  # energize only once the new limit is in place
+            await self._write_connect(True, connect)
+
+    async def _write_connect(self, connect: bool, purpose: WritePurpose) -> None:
+        point = self._profile.connect.point
+        self._applied_connect = None
+        code = "LATCH_ON" if connect else "LATCH_OFF"
+        await self._operate([_Write(f"BO{point}", BinaryCommand(point, connect, code))], purpose)
+        self._applied_connect = connect
+
+    async def _operate(self, writes: list[_Write], purpose: WritePurpose) -> None:
+        """Operate each point in order; every one is recorded, the first failure stops the sequence."""
+        select_first = self._profile.operate == "select_before_operate"
+        for w in writes:
+            result = "ok"
+            try:
+                status = await self._master.operate(w.command, select_first=select_first)
+                if status != "SUCCESS":
+                    result = status
+                    raise DeviceFault(self.id, f"{w.label} = {w.raw}: the device answered {status}")
+            except Dnp3Error as err:
+                result = str(err)
+                raise DeviceOffline(self.id, f"{w.label} = {w.raw}: {err}") from err
+            finally:
+                address = w.command.index
+                self._record(WriteRecord(self.id, w.label, address, w.raw, result, purpose, time.time()))
