@@ -27,8 +27,10 @@ import tomli_w
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.fuzz.hostile: the cases themselves
 
+from gateway.journal import ENGINE_KEY
 from gateway.north.mqtt import MqttPeer
 from gateway.protocol.codec import decode_inbound
+from gateway.store import Store
 from simulators.example_site import example_site
 from simulators.mosquitto import Mosquitto
 from simulators.site import SiteSimulator
@@ -45,12 +47,15 @@ def rss_kib(pid: int) -> int:
 
 
 async def run_batches(peer: MqttPeer, prefix: str, cases: list[Case], batch: int, tag: str,
-                      problems: list[tuple[Case, str]]) -> int:
-    """Every case over MQTT; returns how many were answered as they must be (problems collects the rest)."""
+                      problems: list[tuple[Case, str]], rates: list[float]) -> int:
+    """Every case over MQTT; returns how many were answered as they must be (problems collects the rest,
+    rates each batch's cases/s)."""
     answered = 0
     for start in range(0, len(cases), batch):
         chunk = cases[start:start + batch]
+        t0 = time.perf_counter()
         windows = await exchange(peer, prefix, chunk, tag=f"{tag}{start}")
+        rates.append(len(chunk) / (time.perf_counter() - t0))
         for case, answers in zip(chunk, windows, strict=True):
             problem = answer_problem(expected_of(decode_inbound(case.role, case.msg_type, case.payload)),
                                      answers)
@@ -87,10 +92,11 @@ async def soak(n: int, warmup: int, batch: int, seed: int, workdir: Path) -> dic
             await peer.wait_for(lambda t, p: t.endswith("gateway/telemetry")
                                 and all(d["online"] for d in json.loads(p)["devices"]), timeout=60)
             problems: list[tuple[Case, str]] = []
-            await run_batches(peer, prefix, cases[:warmup], batch, "warm", problems)
+            rates: list[float] = []
+            await run_batches(peer, prefix, cases[:warmup], batch, "warm", problems, [])
             rss_start = rss_kib(gw.pid)
             t1 = time.perf_counter()
-            answered = await run_batches(peer, prefix, cases[warmup:], batch, "soak", problems)
+            answered = await run_batches(peer, prefix, cases[warmup:], batch, "soak", problems, rates)
             elapsed = time.perf_counter() - t1
             rss_end = rss_kib(gw.pid)
             alive = gw.poll() is None
@@ -104,12 +110,25 @@ async def soak(n: int, warmup: int, batch: int, seed: int, workdir: Path) -> dic
     kinds = sorted({c.kind for c in cases})
     return {
         "cases": n, "warmup": warmup, "seed": seed, "seconds": round(elapsed, 1),
-        "cases_per_s": round(n / elapsed), "answered": answered, "not_answered": len(problems),
+        "cases_per_s": round(n / elapsed), "cases_per_s_first_batch": round(rates[0]),
+        "cases_per_s_last_batch": round(rates[-1]), "in_force_at_end": in_force(site.store.path),
+        "answered": answered, "not_answered": len(problems),
         "gateway_alive": alive, "rss_start_mib": round(rss_start / 1024, 1),
         "rss_end_mib": round(rss_end / 1024, 1), "tracebacks_logged": logged.count("Traceback"),
         "errors_logged": sum(" ERROR " in line for line in logged.splitlines()),
         "mutations": kinds, "problems": [f"{c!r}: {p}" for c, p in problems[:10]],
     }
+
+
+def in_force(store_path: Path) -> int:
+    """Instructions the gateway holds when it stops: the near-valid and valid cases it accepted."""
+    store = Store(store_path, 10)
+    try:
+        snapshot = store.state.load(ENGINE_KEY) or {}
+    finally:
+        store.close()
+    records = snapshot.get("state", {}).get("store", {}).get("records", {})
+    return sum(len(by_id) for by_id in records.values())
 
 
 def main() -> int:
@@ -121,7 +140,9 @@ def main() -> int:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         res = asyncio.run(soak(args.cases, args.warmup, args.batch, args.seed, Path(tmp)))
-    print(f"{res['cases']} cases in {res['seconds']} s: {res['cases_per_s']} cases/s; "
+    print(f"{res['cases']} cases in {res['seconds']} s: {res['cases_per_s']} cases/s "
+          f"({res['cases_per_s_first_batch']} in the first batch, {res['cases_per_s_last_batch']} in the "
+          f"last, with {res['in_force_at_end']} accepted instructions in force at the end); "
           f"answered {res['answered']}/{res['cases']} (not answered: {res['not_answered']}); "
           f"gateway alive: {res['gateway_alive']}; RSS {res['rss_start_mib']} MiB after warm-up → "
           f"{res['rss_end_mib']} MiB at the end; tracebacks logged: {res['tracebacks_logged']}")

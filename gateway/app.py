@@ -129,6 +129,9 @@ class Gateway:
         self.telemetry_seq = self.store.outbox.last_seq()  # contiguous across restarts, never reused
         self._wake = asyncio.Event()
         self._outbox_lock = asyncio.Lock()
+        # One batch of answers at a time: without it a control cycle could publish `started` between an
+        # instruction's `received` and its `accepted` (TDC-01 order), as publishing awaits each PUBACK.
+        self._publish_lock = asyncio.Lock()
         self._online: dict[str, bool] = {}
         self.last_cycle_s = 0.0  # how long the last control cycle took (read, decide, hand out writes)
         self._last_status: Status | None = None
@@ -176,8 +179,9 @@ class Gateway:
         return [encode_outbound(out, self.site.site.id) for out in outs]
 
     async def _publish(self, encoded: list[Encoded]) -> None:
-        for suffix, payload in encoded:
-            await self.link.publish(suffix, payload, retain=suffix.endswith("availability"))
+        async with self._publish_lock:
+            for suffix, payload in encoded:
+                await self.link.publish(suffix, payload, retain=suffix.endswith("availability"))
 
     # ---- the control cycle -----------------------------------------------------------------------------
     def _readings(self) -> tuple[MeterReading | None, list[DeviceReading]]:

@@ -12,10 +12,11 @@ import asyncio
 import contextlib
 import logging
 import socket
+import tempfile
 from pathlib import Path
 
 from gateway.app import Gateway
-from gateway.config import SiteFile, WebSection
+from gateway.config import SiteFile, StoreSection, WebSection
 from gateway.demo_report import Timeline, write_report
 from simulators.embedded_broker import EmbeddedBroker
 from simulators.scada_master import scenario_actions
@@ -74,6 +75,9 @@ def _web_port(preferred: int) -> int:
 async def run_demo(site: SiteFile, scenario: Path, broker_url: str | None, report: Path) -> int:
     # Print a line a second, so the player sees every cycle's effect.
     site.site.telemetry_interval_s = 1.0
+    # A fresh store every run: the scenario's ids are the same each time, and a kept store would answer
+    # them DUPLICATE_ID (TDC-06) and start with the last run's instructions in force.
+    site.store = StoreSection(path=Path(tempfile.mkdtemp(prefix="der-gateway-demo-")) / "gateway.sqlite")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     print(_describe_site(site))
     broker = None

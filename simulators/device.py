@@ -7,12 +7,12 @@ import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
 from gateway.config import DeviceConfig
 from gateway.south.sunspec_models import Value
-from simulators.modbus_server import FAULT_MODES, Fault, FaultMode, ModbusEndpoint
-from simulators.sunspec_map import SunSpecMap
+from simulators.modbus_server import FaultMode, ModbusEndpoint
+from simulators.sunspec_map import SunSpecMap, map_quirks
 
 # Models whose writable points a reboot puts back to their power-on values: the controller's limits,
 # setpoints and commands live in volatile memory. Nameplate-like settings (702, 121) survive.
@@ -111,7 +111,7 @@ class SunSpecDevice:
     ) -> None:
         self.cfg = cfg
         self.id = cfg.id
-        self.map = SunSpecMap(models, locked={(1, "DA")})
+        self.map = SunSpecMap(models, locked={(1, "DA")}, **map_quirks(cfg.sim.quirks))
         self.reversions = list(reversions)
         self.writes_at: deque[float] = deque(maxlen=16)  # when its registers were last written
         self._power_on = {
@@ -150,11 +150,7 @@ class SunSpecDevice:
 
     @property
     def fault(self) -> FaultMode:
-        if self._endpoint is None:
-            return "none"
-        if self._endpoint.rebooting:
-            return "reboot"
-        return self._endpoint.fault(self.cfg.unit_id).mode
+        return "none" if self._endpoint is None else self._endpoint.fault_mode(self.cfg.unit_id)
 
     def set_fault(
         self, mode: str, *, code: int = 4, delay_s: float = 2.0, duration_s: float = 3.0
@@ -168,20 +164,10 @@ class SunSpecDevice:
         commands) return to their power-on values and its pending reversions are cancelled; then it
         serves again, fault-free. Physics keeps running throughout: only the comms reboot.
         """
-        if mode not in FAULT_MODES:
-            raise ValueError(f"unknown fault mode {mode!r}; one of {', '.join(FAULT_MODES)}")
-        if not 1 <= code <= 255:
-            raise ValueError("exception code must be 1..255")
-        if delay_s < 0 or duration_s < 0:
-            raise ValueError("delay_s and duration_s must be ≥ 0")
         if self._endpoint is None:
             raise RuntimeError(f"{self.id} is not being served")
-        if mode == "reboot":
-            self._endpoint.set_fault(self.cfg.unit_id, Fault())
-            self.reset_volatile()
-            self._endpoint.reboot(duration_s)
-            return
-        self._endpoint.set_fault(self.cfg.unit_id, Fault(cast(FaultMode, mode), code, delay_s))
+        self._endpoint.inject(self.cfg.unit_id, mode, code=code, delay_s=delay_s, duration_s=duration_s,
+                              on_reboot=self.reset_volatile)
 
     def reset_volatile(self) -> None:
         for (mid, name), raw in self._power_on.items():
@@ -223,13 +209,18 @@ class SunSpecDevice:
         return None
 
     def state(self) -> dict[str, Any]:
-        return {
-            "kind": self.kind,
-            "p_kw": round(self.p_kw, 3),
-            "q_kvar": round(self.q_kvar, 3),
-            "soc_pct": None if self.soc_pct is None else round(self.soc_pct, 3),
-            "connected": self.connected,
-            "active_limit_pct": None if self.active_limit_pct is None else round(self.active_limit_pct, 3),
-            "fault": self.fault,
-            "writes_at": list(self.writes_at),
-        }
+        return device_state(self)
+
+
+def device_state(dev: Any) -> dict[str, Any]:
+    """What the live table and the control socket show of a simulated Modbus device (SunSpec or not)."""
+    return {
+        "kind": dev.kind,
+        "p_kw": round(dev.p_kw, 3),
+        "q_kvar": round(dev.q_kvar, 3),
+        "soc_pct": None if dev.soc_pct is None else round(dev.soc_pct, 3),
+        "connected": dev.connected,
+        "active_limit_pct": None if dev.active_limit_pct is None else round(dev.active_limit_pct, 3),
+        "fault": dev.fault,
+        "writes_at": list(dev.writes_at),
+    }

@@ -29,6 +29,7 @@ from simulators.inverter import PvInverter
 from simulators.meter import PccMeter
 from simulators.modbus_server import ModbusEndpoint
 from simulators.physics import STEP_S
+from simulators.vendor import VendorDevice
 
 LOAD_Q_RATIO = 0.2  # the site load's reactive power per kW (cos φ ≈ 0.98 lagging)
 MAX_CATCH_UP_STEPS = 20  # after a stall, run at most this many steps at once, then drop the rest
@@ -41,32 +42,45 @@ class SiteSimulator:
         self.irradiance_pu = sim.irradiance_pu
         self.load_base_kw = sim.load_kw
         self._t0 = time.monotonic()
-        self.devices: dict[str, SunSpecDevice | Dnp3PvInverter] = {}
+        self.devices: dict[str, SunSpecDevice | Dnp3PvInverter | VendorDevice] = {}
         self.dnp3: list[Dnp3PvInverter] = []  # each on its own dnp3py outstation, not on a Modbus endpoint
+        max_kw = sum(d.sim.rated_kw for d in site.controllable) + sim.load_kw + sim.load_variation_kw
         for cfg in site.devices:
             if cfg.protocol == "dnp3":
                 self.dnp3.append(Dnp3PvInverter(cfg, self.irradiance_pu))
                 self.devices[cfg.id] = self.dnp3[-1]
+            elif cfg.protocol == "modbus":  # no SunSpec: laid out from its vendor profile
+                self.devices[cfg.id] = VendorDevice(cfg, irradiance_pu=self.irradiance_pu, max_kw=max_kw)
             elif cfg.kind == "pv":
                 self.devices[cfg.id] = PvInverter(cfg, self.irradiance_pu)
             elif cfg.kind == "battery":
                 self.devices[cfg.id] = Battery(cfg)
-        max_kw = sum(d.sim.rated_kw for d in site.controllable) + sim.load_kw + sim.load_variation_kw
-        self.meter = PccMeter(site.meter, max_kw)
+        meter = self.devices.get(site.meter.id)
+        self.meter: PccMeter | VendorDevice = meter if isinstance(meter, VendorDevice) else PccMeter(
+            site.meter, max_kw)
         self.devices[site.meter.id] = self.meter
-        self._endpoints: dict[tuple[str, int], ModbusEndpoint] = {}
+        self._endpoints: dict[tuple[str, ...], ModbusEndpoint] = {}
         for cfg in site.devices:
             dev = self.devices[cfg.id]
-            if isinstance(dev, SunSpecDevice):
+            if isinstance(dev, SunSpecDevice | VendorDevice):
                 dev.attach(self._endpoint_for(cfg))
         self._control = ControlServer(self, sim.control_port) if sim.control_port else None
         self._task: asyncio.Task[None] | None = None
         self._step_meter(time.monotonic())
 
     def _endpoint_for(self, cfg: DeviceConfig) -> ModbusEndpoint:
-        key = (cfg.host, cfg.port)
+        """The endpoint of the device's bus: a TCP port (Modbus TCP, or RTU frames as behind a
+        TCP-to-RTU converter), or the simulator's end of a serial line (`sim.serial_port`)."""
+        key = cfg.bus_key
         if key not in self._endpoints:
-            self._endpoints[key] = ModbusEndpoint(cfg.host, cfg.port)
+            serial = None
+            if cfg.serial is not None:
+                if cfg.sim.serial_port is None:
+                    raise ValueError(f"{cfg.id}: sim.serial_port is needed to simulate an RTU device")
+                serial = cfg.serial.model_copy(update={"port": cfg.sim.serial_port})
+            self._endpoints[key] = ModbusEndpoint(
+                cfg.host, cfg.port or 0, rtu=cfg.transport != "tcp", serial=serial
+            )
         return self._endpoints[key]
 
     # --- lifecycle ----------------------------------------------------------------------------------
@@ -152,7 +166,7 @@ class SiteSimulator:
     def step(self, now: float) -> None:
         """One physics step of `STEP_S` for every device, then the meter."""
         for dev in self.devices.values():
-            if isinstance(dev, PvInverter | Dnp3PvInverter):
+            if isinstance(dev, PvInverter | Dnp3PvInverter | VendorDevice):
                 dev.irradiance_pu = self.irradiance_pu
             if dev is not self.meter:
                 dev.step(now)

@@ -8,11 +8,17 @@ A point the device does not give a value reads as SunSpec's not-implemented sent
 writable only if it belongs to a point that is RW in the model *and* that the device implements; a
 write to any other register of the map (ID, L, scale factors, measurements, unimplemented controls) is
 ignored, as a well-behaved device does, rather than applied.
+
+Quirks of real devices can be switched on (`map_quirks`, from the site file's `sim.quirks`): the map at
+base 0 or 50000 instead of 40000; scale factors served as "not implemented" (0x8000) on the wire while
+the device keeps using them inside (seen on devices that do not report reactive power or voltage
+properly); no end model, so that reading past the last model is answered with exception 2.
 """
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from typing import Any
 
 from gateway.south.sunspec_models import (
     END_MODEL_ID,
@@ -27,6 +33,20 @@ from gateway.south.sunspec_models import (
 )
 
 DEFAULT_BASE = 40000
+# The scale factors the "sf_not_implemented" quirk serves as 0x8000: those of voltage and reactive
+# power, wherever a model has them. Power, limits and ratings keep theirs, so the device stays usable.
+NOT_IMPLEMENTED_SFS = frozenset({"V_SF", "Var_SF", "VAr_SF", "VAR_SF"})
+_SF_NOT_IMPLEMENTED = 0x8000
+
+
+def map_quirks(quirks: Collection[str]) -> dict[str, Any]:
+    """`SunSpecMap` keyword arguments for the site file's `sim.quirks`."""
+    base = 0 if "base_0" in quirks else 50000 if "base_50000" in quirks else DEFAULT_BASE
+    return {
+        "base": base,
+        "masked_sfs": NOT_IMPLEMENTED_SFS if "sf_not_implemented" in quirks else frozenset(),
+        "end_model": "no_end_model" not in quirks,
+    }
 
 
 class SunSpecMap:
@@ -38,12 +58,15 @@ class SunSpecMap:
         *,
         locked: Collection[tuple[int, str]] = (),
         base: int = DEFAULT_BASE,
+        masked_sfs: Collection[str] = (),
+        end_model: bool = True,
     ) -> None:
         """`values`: per model id (in map order, model 1 first), the raw value of each implemented point.
 
         Points not listed read as not implemented. Raw values are register values before scaling;
         use `put_eng` to store an engineering value under the point's scale factor. `locked` points
-        are RW in the model but read-only on this device.
+        are RW in the model but read-only on this device. `masked_sfs`: scale-factor point names served
+        as not implemented (0x8000) on the wire; `end_model=False`: the map ends without the end model.
         """
         if next(iter(values), None) != 1:
             raise ValueError("SunSpec requires the common model (1) first")
@@ -63,6 +86,13 @@ class SunSpecMap:
             regs.extend(body)
         regs.extend([END_MODEL_ID, 0])
         self.regs = regs
+        self._end_model = end_model
+        # Offsets (from base) served as 0x8000 whatever the map holds.
+        self._masked = {
+            address - base
+            for (mid, name), (address, p) in self._points.items()
+            if name in masked_sfs and p.type == "sunssf"
+        }
         self._writable = bytearray(len(regs))
         for mid, points in values.items():
             for name, raw in points.items():
@@ -76,8 +106,8 @@ class SunSpecMap:
 
     @property
     def end(self) -> int:
-        """One past the last register of the map (the end model included)."""
-        return self.base + len(self.regs)
+        """One past the last register served (the end model included, unless the map has none)."""
+        return self.base + len(self.regs) - (0 if self._end_model else 2)
 
     def _lookup(self, mid: int, name: str) -> tuple[int, PointDef]:
         try:
@@ -139,7 +169,11 @@ class SunSpecMap:
 
     def read(self, address: int, count: int) -> list[int]:
         start = address - self.base
-        return self.regs[start : start + count]
+        out = self.regs[start : start + count]
+        for offset in self._masked:
+            if start <= offset < start + count:
+                out[offset - start] = _SF_NOT_IMPLEMENTED
+        return out
 
     def write(self, address: int, values: Sequence[int]) -> tuple[list[int], set[tuple[int, str]]]:
         """Apply a Modbus write: only writable registers change; the rest keep their current value.

@@ -42,10 +42,10 @@ def _without_none(v: Any) -> Any:
 def make_site(tmp_path: Path) -> Callable[..., tuple[SiteFile, Path]]:
     """`make_site(**overrides)` → (SiteFile, path of its TOML file): examples/site.toml on free ports.
 
-    Every device port and the control port are free loopback ports. Overrides merge into the file:
-    top-level sections by name (`simulator={"load_variation_kw": 0}`, `site={...}`) and devices by id
-    (`devices={"pv1": {"sim": {"rated_kw": 50}}}`; a device mapped to None is removed). The file is
-    written and loaded back, so what a test gets is exactly what `load_site` makes of it.
+    Every device port, the control port and the SCADA port are free loopback ports. Overrides merge
+    into the file: top-level sections by name (`simulator={"load_variation_kw": 0}`, `site={...}`) and
+    devices by id (`devices={"pv1": {"sim": {"rated_kw": 50}}}`; a device mapped to None is removed).
+    The file is written and loaded back, so what a test gets is exactly what `load_site` makes of it.
     """
     counter = iter(range(1_000_000))
 
@@ -60,6 +60,7 @@ def make_site(tmp_path: Path) -> Callable[..., tuple[SiteFile, Path]]:
             devices.append(dev)
         data["devices"] = devices
         data["simulator"]["control_port"] = free_port_()
+        data["scada"]["port"] = free_port_()
         data = _merge(data, overrides)
         path = tmp_path / f"site-{next(counter)}.toml"
         path.write_text(tomli_w.dumps(_without_none(data)), encoding="utf-8")

@@ -25,14 +25,16 @@ from abc import abstractmethod
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, Self
 
+from gateway.config import DeviceConfig
 from gateway.south.backoff import Backoff
 from gateway.south.device import (
     Device,
     DeviceError,
     DeviceFault,
     DeviceOffline,
-    Kind,
     Reading,
     Setpoint,
     WriteHook,
@@ -42,16 +44,30 @@ from gateway.south.device import (
 from gateway.south.modbus_client import (
     MAX_READ_REGISTERS,
     MAX_WRITE_REGISTERS,
+    BusSpec,
     ModbusError,
     ModbusExceptionResponse,
+    ModbusPool,
     ModbusTimeout,
     ModbusUnit,
+    SerialLine,
     Table,
 )
+from gateway.south.profile import PROFILES_DIR
 
 # Unchanged commands are rewritten at this fraction of the reversion timeout: under half, so that one
 # missed cycle (a slow read, a retried request) still leaves the device holding the setpoint.
 REFRESH_FRACTION = 0.4
+
+
+def bus_spec(cfg: DeviceConfig) -> BusSpec:
+    """The bus of a site-file device (devices whose specs share a key share one connection)."""
+    line = None
+    if cfg.serial is not None:
+        ser = cfg.serial
+        line = SerialLine(ser.port, ser.baudrate, ser.parity, ser.stopbits, ser.bytesize)
+    return BusSpec(transport=cfg.transport, host=cfg.host, port=cfg.port or 0, serial=line,
+                   gap_s=cfg.inter_request_gap_s)
 
 
 @dataclass(frozen=True)
@@ -122,26 +138,35 @@ class Quantities:
     setpoint_w: float | None = None  # the W command in force (device sign)
 
 
+class SignedProfile(Protocol):
+    @property
+    def sign(self) -> int:
+        """+1 when the device's positive W is ours (into the grid side), else -1."""
+        ...
+
+
 class BusDevice(Device):
-    """A `Device` whose registers are read and written through a `ModbusUnit`."""
+    """A `Device` whose registers are read and written through a `ModbusUnit`, as its profile says."""
+
+    _profile: SignedProfile  # subclasses narrow it to their kind of profile
 
     def __init__(
         self,
-        device_id: str,
-        kind: Kind,
+        cfg: DeviceConfig,
         *,
         unit: ModbusUnit,
-        sign: int,
-        reversion_timeout_s: float,
+        profile: SignedProfile,
         stale_after_s: float,
         on_write: WriteHook | None = None,
         backoff: Backoff | None = None,
     ) -> None:
-        super().__init__(device_id, kind, stale_after_s=stale_after_s, on_write=on_write, backoff=backoff)
+        super().__init__(cfg.id, cfg.kind, stale_after_s=stale_after_s, on_write=on_write, backoff=backoff)
+        self._cfg = cfg
         self._unit = unit
-        self._sign = sign  # +1 when the device's positive W is ours (into the grid side), else -1
+        self._profile = profile
+        self._sign = profile.sign
         # Timer registers hold whole seconds; refresh against what the device will actually count.
-        self._reversion_s = max(1, round(reversion_timeout_s))
+        self._reversion_s = max(1, round(cfg.reversion_timeout_s))
         self._refresh_s = self._reversion_s * REFRESH_FRACTION
         self._image: RegisterImage | None = None
         self._generation = -1  # the bus connection's generation at discovery
@@ -150,12 +175,32 @@ class BusDevice(Device):
         self._applied_connect: bool | None = None
         self._pv_available_w: float | None = None  # last estimate, for PV that does not report it
 
+    @classmethod
+    def from_config(
+        cls,
+        cfg: DeviceConfig,
+        *,
+        pool: ModbusPool,
+        stale_after_s: float,
+        on_write: WriteHook | None = None,
+        profiles_dir: Path = PROFILES_DIR,
+    ) -> Self:
+        """Build the driver of a site-file device; devices on one bus share one connection."""
+        profile = cls._load_profile(cfg, profiles_dir)  # first: a bad profile takes no connection
+        unit = pool.unit_on(bus_spec(cfg), cfg.unit_id, cfg.timeout_s)
+        return cls(cfg, unit=unit, profile=profile, stale_after_s=stale_after_s, on_write=on_write)
+
     @property
     def unit(self) -> ModbusUnit:
         """The Modbus unit this device talks to (its bus is shared with the other units on it)."""
         return self._unit
 
     # --- for subclasses -----------------------------------------------------------------------------
+
+    @classmethod
+    @abstractmethod
+    def _load_profile(cls, cfg: DeviceConfig, directory: Path) -> SignedProfile:
+        """The validated profile named by the device's `profile` (ProfileError if it is unusable)."""
 
     @abstractmethod
     async def _discover(self) -> None:

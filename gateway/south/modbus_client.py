@@ -162,6 +162,11 @@ class ModbusEndpoint:
     def connected(self) -> bool:
         return self._client is not None and self._client.connected
 
+    @property
+    def failed_connects(self) -> int:
+        """Consecutive failed attempts to connect (or open the serial port); 0 once connected."""
+        return self._backoff.failures
+
     async def request(
         self,
         unit_id: int,

@@ -35,8 +35,8 @@ from gateway.south.bus_device import (
     coalesce,
 )
 from gateway.south.device import DeviceFault, Reading, Setpoint, WriteHook
-from gateway.south.modbus_client import ModbusExceptionResponse, ModbusPool, ModbusUnit
-from gateway.south.profile import PROFILES_DIR, PowerControl, Profile, StatusPoint, Variant, load_profile
+from gateway.south.modbus_client import ModbusExceptionResponse, ModbusUnit
+from gateway.south.profile import PowerControl, Profile, StatusPoint, Variant, load_profile
 from gateway.south.sunspec_models import (
     BASE_ADDRESSES,
     END_MODEL_ID,
@@ -205,6 +205,8 @@ def read_spans(points: Sequence[Bound]) -> list[tuple[int, int]]:
 class SunSpecDevice(BusDevice):
     """A PV inverter, battery or meter speaking SunSpec Modbus."""
 
+    _profile: Profile
+
     def __init__(
         self,
         cfg: DeviceConfig,
@@ -215,12 +217,8 @@ class SunSpecDevice(BusDevice):
         on_write: WriteHook | None = None,
         backoff: Backoff | None = None,
     ) -> None:
-        super().__init__(
-            cfg.id, cfg.kind, unit=unit, sign=profile.sign, reversion_timeout_s=cfg.reversion_timeout_s,
-            stale_after_s=stale_after_s, on_write=on_write, backoff=backoff,
-        )
-        self._cfg = cfg
-        self._profile = profile
+        super().__init__(cfg, unit=unit, profile=profile, stale_after_s=stale_after_s, on_write=on_write,
+                         backoff=backoff)
         self._map: BoundMap | None = None
         self._read_points: dict[str, list[Bound]] = {}
         self._power_points: _PowerPoints | None = None
@@ -231,19 +229,8 @@ class SunSpecDevice(BusDevice):
         self._heartbeat_at = -math.inf
 
     @classmethod
-    def from_config(
-        cls,
-        cfg: DeviceConfig,
-        *,
-        pool: ModbusPool,
-        stale_after_s: float,
-        on_write: WriteHook | None = None,
-        profiles_dir: Path = PROFILES_DIR,
-    ) -> SunSpecDevice:
-        """Build the driver of a site-file device; devices on one bus share one connection."""
-        profile = load_profile(cfg.profile, cfg.kind, profiles_dir)
-        unit = pool.unit_on(cfg.bus, cfg.unit_id, cfg.timeout_s)
-        return cls(cfg, unit=unit, profile=profile, stale_after_s=stale_after_s, on_write=on_write)
+    def _load_profile(cls, cfg: DeviceConfig, directory: Path) -> Profile:
+        return load_profile(cfg.profile, cfg.kind, directory)
 
     @property
     def discovery(self) -> tuple[str, list[int]] | None:

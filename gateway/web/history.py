@@ -20,7 +20,7 @@ SERIES = ("pcc_kw", "target_kw", "export_limit_kw", "import_limit_kw")
 
 @dataclass(frozen=True, slots=True)
 class Point:
-    t: float  # UTC epoch seconds of the cycle
+    t: float  # UTC epoch seconds of the cycle, to the millisecond: as sent, so `since` compares exactly
     pcc_kw: float | None  # None without a usable meter reading
     target_kw: float
     export_limit_kw: float
@@ -44,7 +44,7 @@ class History:
 
     def on_cycle(self, cycle: Cycle, meter: MeterReading | None, devices: list[DeviceReading]) -> None:
         d = cycle.decision
-        t = cycle.at.timestamp()
+        t = round(cycle.at.timestamp(), 3)
         self._points.append(Point(t, metered_pcc_kw(meter), d.target_kw, d.export_limit_kw,
                                   d.import_limit_kw))
         while self._points and self._points[0].t < t - self.span_s:
@@ -56,7 +56,7 @@ class History:
     def since(self, t: float) -> dict[str, list[float | None]]:
         """The points after `t`, column by column (`t` and each of SERIES): compact to send every poll."""
         points = [p for p in self._points if p.t > t]
-        columns: dict[str, list[float | None]] = {"t": [round(p.t, 3) for p in points]}
+        columns: dict[str, list[float | None]] = {"t": [p.t for p in points]}
         for name in SERIES:
             columns[name] = [finite(getattr(p, name)) for p in points]
         return columns

@@ -165,8 +165,9 @@ width:18px;height:3px;margin-right:5px;vertical-align:middle;background:var(--c)
 
 # The page's script: refill the fields and tables from /api/status, keep the last hour of points, draw.
 _SCRIPT = r"""
-const SERIES = [["pcc_kw", "#1d2330", [], 2], ["target_kw", "#1f77b4", [], 1.5],
-                ["export_limit_kw", "#d62728", [6, 4], 1.5], ["import_limit_kw", "#ff7f0e", [6, 4], 1.5]];
+// drawn in this order: the PCC last, on top of a target or limit it sits on
+const SERIES = [["export_limit_kw", "#d62728", [6, 4], 1.5], ["import_limit_kw", "#ff7f0e", [6, 4], 1.5],
+                ["target_kw", "#1f77b4", [], 1.5], ["pcc_kw", "#1d2330", [], 2]];
 const hist = {t: [], pcc_kw: [], target_kw: [], export_limit_kw: [], import_limit_kw: []};
 let lastT = 0;
 

@@ -55,7 +55,7 @@ class Case:
 @dataclass(frozen=True)
 class Expected:
     """What must come back: an `error` (no usable id), nothing (a valid heartbeat), or `received` and
-    one decision for `ref`."""
+    one decision for `ref` (the message's id)."""
 
     answer: str  # "error" | "none" | "decision"
     ref: str | None
@@ -70,7 +70,7 @@ def expected_of(msg: core.Inbound | core.Invalid) -> Expected:
     if isinstance(msg, core.Invalid):
         return Expected("error" if msg.id is None else "decision", msg.id, True)
     if isinstance(msg, core.Heartbeat):
-        return Expected("none", None, False)
+        return Expected("none", msg.id, False)
     return Expected("decision", msg.id, False)
 
 
@@ -298,19 +298,28 @@ class Answer:
 DECISIONS = ("accepted", "constrained", "rejected")
 
 
-def answer_problem(exp: Expected, answers: list[Answer]) -> str | None:
-    """None when `answers` is what TDC-01/TDC-02 ask for `exp`; else what is wrong."""
+def answer_problem(exp: Expected, answers: list[Answer], alone: bool = False) -> str | None:
+    """None when `answers` is what TDC-01/TDC-02 ask for `exp`; else what is wrong.
+
+    `alone`: the answers are the engine's to this message only. Over MQTT a control cycle's messages may
+    come between (started, completed, or a fresh constrained for this or an earlier instruction, §4), so
+    only `received` followed by a decision is required there.
+    """
     errors = [a for a in answers if a.kind == "error"]
     statuses = [a.status for a in answers if a.kind == "response" and a.ref == exp.ref]
     if exp.answer == "error":
         return None if len(errors) == 1 else f"expected one error, got {answers}"
     if exp.answer == "none":
-        return None if not answers else f"a valid heartbeat is not answered, got {answers}"
-    decisions = [s for s in statuses if s in DECISIONS]
-    if not statuses or statuses[0] != "received" or len(decisions) != 1:
-        return f"expected received then one decision for {exp.ref!r}, got {answers}"
-    if exp.rejected and decisions != ["rejected"]:
-        return f"the codec refused it, yet the decision was {decisions[0]}"
+        return None if not errors and not statuses else f"a valid heartbeat is not answered, got {answers}"
+    if "received" not in statuses:
+        return f"no received for {exp.ref!r}: {answers}"
+    after = statuses[statuses.index("received") + 1:]
+    if not after or after[0] not in DECISIONS:
+        return f"received for {exp.ref!r} is not followed by a decision: {answers}"
+    if alone and (statuses[0] != "received" or sum(s in DECISIONS for s in statuses) != 1):
+        return f"expected received then exactly one decision for {exp.ref!r}, got {answers}"
+    if exp.rejected and after[0] != "rejected":
+        return f"the codec refused it, yet the decision was {after[0]}"
     return None
 
 

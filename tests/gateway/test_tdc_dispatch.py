@@ -1,7 +1,7 @@
 """PROTOCOL rules on dispatch and limits (TDC-07 … TDC-16, TDC-22), read at the simulated PCC meter.
 
-The example site: PV 250 + 150 kW at 0.9 irradiance (≈ 360 kW available), a 200 kW battery, a steady
-120 kW site load, connection agreement export ≤ 300 kW.
+The example site: PV 250 + 150 + 30 kW (the last one on DNP3) at 0.9 irradiance (≈ 387 kW available), a
+200 kW battery, a steady 120 kW site load, connection agreement export ≤ 300 kW.
 """
 
 from __future__ import annotations

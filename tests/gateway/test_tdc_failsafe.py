@@ -145,8 +145,8 @@ async def test_tdc_18_market_lost_dispatch_runs_to_its_end_then_the_default_mode
         await rig.response("d-18", "completed", start=mark, timeout=15)
         t = await rig.telemetry(lambda t: t["effective"]["binding"] == "default_mode", start=mark)
         assert t["serving"] == []
-        # default mode: PV at its available power (≈ 360 kW) and the battery idle, less the 120 kW load
-        await rig.wait_meter(lambda p: abs(p - 240.0) <= 3 * TOL)
+        # default mode: PV at its available power (≈ 387 kW) and the battery idle, less the 120 kW load
+        await rig.wait_meter(lambda p: abs(p - 267.0) <= 3 * TOL)
 
 
 async def test_tdc_19_killed_gateway_restarts_with_its_limits_and_answers_nothing_twice(

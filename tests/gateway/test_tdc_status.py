@@ -26,7 +26,7 @@ async def test_tdc_24_status_is_retained_for_a_new_subscriber(rig: Rig) -> None:
         status = json.loads(payload)
         assert status["state"] == "online"
         assert status["site_id"] == rig.site.site.id
-        assert status["devices"] == {"online": 4, "total": 4}
+        assert status["devices"] == {"online": 5, "total": 5}
         assert set(status["comms"]) == {"ieso", "ldc"}
 
 

@@ -34,7 +34,7 @@ def tls_broker(tmp_path: Path, certs: Path):
 @pytest_asyncio.fixture
 async def rig(tls_broker: Mosquitto, certs: Path) -> AsyncIterator[Rig]:
     """The gateway on TLS with its certificate; the rig's peer is the LDC."""
-    r = Rig(tls_site(certs), tls_broker.url)
+    r = Rig(tls_site(certs, tls_broker.url), tls_broker.url)
     r.peer = MqttPeer(tls_broker.url, tls_context=client_tls(certs, "ldc"))
     await r.start()
     yield r

@@ -27,9 +27,10 @@ def client_tls(certs: Path, name: str | None, ca: str = "ca") -> ssl.SSLContext:
     return ctx
 
 
-def tls_site(certs: Path) -> SiteFile:
+def tls_site(certs: Path, broker_url: str) -> SiteFile:
+    """The example site, its gateway on `broker_url` (mqtts://) with its certificate from `certs`."""
     site = example_site()
-    site.mqtt = site.mqtt.model_copy(update={"ca_file": certs / "ca.crt",
+    site.mqtt = site.mqtt.model_copy(update={"broker": broker_url, "ca_file": certs / "ca.crt",
                                              "cert_file": certs / f"gateway-{SITE_ID}.crt",
                                              "key_file": certs / f"gateway-{SITE_ID}.key"})
     return site

@@ -114,16 +114,17 @@ async def test_control_socket_drives_faults_sun_and_load(start_site) -> None:
     assert port is not None
     async with ControlClient(port) as ctl:
         state = await ctl.state()
-        assert set(state["devices"]) == {"pv1", "pv2", "bess1", "meter"}
+        assert set(state["devices"]) == {"pv1", "pv2", "pv3", "bess1", "meter"}
         assert state["devices"]["pv1"]["p_kw"] == pytest.approx(225.0)
-        assert state["meter_p_kw"] == pytest.approx(240.0, abs=0.5)
+        assert state["meter_p_kw"] == pytest.approx(267.0, abs=0.5)  # pv3 (DNP3) gives 27 kW
 
         await ctl.fault("meter", "exception", code=11)
         assert sim.meter.fault == "exception"
         await ctl.fault("meter", "none")
         await ctl.irradiance(0.5)
         await ctl.load(100.0)
-        await eventually(lambda: abs(sim.meter_p_kw - (125.0 + 75.0 - 100.0)) < 0.5, what="new sun and load")
+        expected = 125.0 + 75.0 + 15.0 - 100.0  # pv1, pv2, pv3 (DNP3), load
+        await eventually(lambda: abs(sim.meter_p_kw - expected) < 0.5, what="new sun and load")
         assert (await ctl.state())["load_kw"] == pytest.approx(100.0)
 
         with pytest.raises(ControlError, match="unknown device"):

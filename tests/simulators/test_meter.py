@@ -16,7 +16,7 @@ def balanced(sim: SiteSimulator) -> bool:
 
 async def test_meter_is_der_sum_minus_load(start_site) -> None:
     sim: SiteSimulator = await start_site(simulator={"irradiance_pu": 0.9, "load_kw": 120.0})
-    assert sim.meter_p_kw == pytest.approx(225.0 + 135.0 - 120.0)
+    assert sim.meter_p_kw == pytest.approx(225.0 + 135.0 + 27.0 - 120.0)  # pv1, pv2, pv3 (DNP3), load
     async with SunSpecReader(sim.site.meter) as meter, SunSpecReader(sim.devices["bess1"].cfg) as bess:
         sf = (await meter.read(203))["W_SF"]
 
@@ -26,13 +26,13 @@ async def test_meter_is_der_sum_minus_load(start_site) -> None:
 
         # more load than generation: the site imports, W < 0
         sim.set_load(500.0)
-        await eventually(lambda: meter_reads(360.0 - 500.0), what="import at the PCC")
+        await eventually(lambda: meter_reads(387.0 - 500.0), what="import at the PCC")
         # less sun
         sim.set_irradiance(0.2)
-        await eventually(lambda: meter_reads(50.0 + 30.0 - 500.0), what="less PV")
+        await eventually(lambda: meter_reads(50.0 + 30.0 + 6.0 - 500.0), what="less PV")
         # the battery discharging adds to the DER sum
         await bess.write(704, WSetMod=1, WSet=100_000, WSetEna=1)
-        await eventually(lambda: meter_reads(50.0 + 30.0 + 100.0 - 500.0), what="battery discharging")
+        await eventually(lambda: meter_reads(50.0 + 30.0 + 6.0 + 100.0 - 500.0), what="battery discharging")
         assert balanced(sim)
         m = await meter.read(203)
         assert m["VA"] >= abs(m["W"])

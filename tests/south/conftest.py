@@ -39,6 +39,7 @@ async def run_site(
 
     async def _run(**overrides: Any) -> Site:
         cfg, _ = make_site(**overrides)
+        cfg.devices = [d for d in cfg.devices if d.protocol == "sunspec"]  # DNP3 has tests/dnp3
         sim = SiteSimulator(cfg)
         await sim.start()
         site = Site(cfg, sim, {})
