@@ -17,7 +17,7 @@ lint: setup
 	.venv/bin/ruff check .
 
 bench: setup
-	.venv/bin/python benchmarks/latency.py --devices 10 100
+	.venv/bin/python benchmarks/scale.py --devices 10 100 1000
 	.venv/bin/python benchmarks/replay.py --messages 10000
 
 # The README's pictures: the status page as the browser test sees it, and the demo's report (the demo
