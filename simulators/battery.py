@@ -37,7 +37,7 @@ from simulators.der_models import (
     publish_ac,
 )
 from simulators.device import ENABLED, SunSpecDevice, common_model
-from simulators.physics import STEP_S, BatteryPhysics
+from simulators.physics import STEP_S, BatteryPhysics, PhysicsOutputs
 from simulators.sunspec_map import sf_for
 
 DC_V = 800.0  # battery bank voltage reported on 802
@@ -51,7 +51,7 @@ LITHIUM_ION = 4
 IDLE_KW = 0.05
 
 
-class Battery(SunSpecDevice):
+class Battery(PhysicsOutputs, SunSpecDevice):
     kind = "battery"
 
     def __init__(self, cfg: DeviceConfig) -> None:
@@ -169,20 +169,8 @@ class Battery(SunSpecDevice):
     # --- state --------------------------------------------------------------------------------------
 
     @property
-    def p_kw(self) -> float:
-        return self.physics.p_kw
-
-    @property
-    def q_kvar(self) -> float:
-        return self.physics.q_kvar
-
-    @property
     def soc_pct(self) -> float:
         return self.physics.soc_pct
-
-    @property
-    def connected(self) -> bool:
-        return self.physics.status != "off"
 
     @property
     def active_limit_pct(self) -> float | None:

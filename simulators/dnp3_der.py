@@ -24,7 +24,7 @@ from typing import Any
 from gateway.config import DeviceConfig
 from simulators.der_models import ES_DELAY_S, ES_RAMP_S
 from simulators.dnp3_stack import OutstationServer, PointSpec
-from simulators.physics import F_NOM, V_NOM_LL, InverterPhysics
+from simulators.physics import F_NOM, V_NOM_LL, InverterPhysics, PhysicsOutputs
 
 AI_RATED, AI_V_REF, AI_AVAILABLE, AI_REVERSION, AI_LIMIT = 4, 29, 43, 145, 149
 AI_HZ, AI_W, AI_VAR, AI_V = 536, 537, 541, 553
@@ -42,7 +42,7 @@ FULL = 1000  # AO88 at power-on: 100.0 %
 FAULT_MODES = ("none", "silent", "reboot")
 
 
-class Dnp3PvInverter:
+class Dnp3PvInverter(PhysicsOutputs):
     kind = "pv"
 
     def __init__(self, cfg: DeviceConfig, irradiance_pu: float) -> None:
@@ -152,20 +152,8 @@ class Dnp3PvInverter:
     # --- what tests and the live table see ----------------------------------------------------------
 
     @property
-    def p_kw(self) -> float:
-        return self.physics.p_kw
-
-    @property
-    def q_kvar(self) -> float:
-        return self.physics.q_kvar
-
-    @property
     def soc_pct(self) -> float | None:
         return None
-
-    @property
-    def connected(self) -> bool:
-        return self.physics.status != "off"
 
     @property
     def active_limit_pct(self) -> float | None:

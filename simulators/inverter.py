@@ -54,7 +54,7 @@ from simulators.device import (
     power_factor,
     put_balanced,
 )
-from simulators.physics import F_NOM, STEP_S, V_NOM_LL, InverterPhysics, LightInverterPhysics
+from simulators.physics import F_NOM, STEP_S, V_NOM_LL, InverterPhysics, LightInverterPhysics, PhysicsOutputs
 
 TMP_SF = -1
 TMP_CAB_C = 35.0
@@ -84,7 +84,7 @@ class Controls:
     es_ramp_s: float
 
 
-class PvInverter(SunSpecDevice):
+class PvInverter(PhysicsOutputs, SunSpecDevice):
     kind = "pv"
 
     def __init__(self, cfg: DeviceConfig, irradiance_pu: float) -> None:
@@ -264,18 +264,6 @@ class PvInverter(SunSpecDevice):
         m.put(715, "DERHb", self.heartbeat(now) & 0xFFFFFFFF)
 
     # --- state --------------------------------------------------------------------------------------
-
-    @property
-    def p_kw(self) -> float:
-        return self.physics.p_kw
-
-    @property
-    def q_kvar(self) -> float:
-        return self.physics.q_kvar
-
-    @property
-    def connected(self) -> bool:
-        return self.physics.status != "off"
 
     @property
     def active_limit_pct(self) -> float | None:

@@ -199,3 +199,21 @@ class LightInverterPhysics:
     @property
     def status(self) -> str:
         return "on" if self._permit else "off"
+
+
+class PhysicsOutputs:
+    """What a simulated DER shows of its physics: output, reactive power, whether it energizes."""
+
+    physics: InverterPhysics | LightInverterPhysics | BatteryPhysics
+
+    @property
+    def p_kw(self) -> float:
+        return self.physics.p_kw
+
+    @property
+    def q_kvar(self) -> float:
+        return self.physics.q_kvar
+
+    @property
+    def connected(self) -> bool:
+        return self.physics.status != "off"
