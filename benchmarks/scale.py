@@ -219,10 +219,12 @@ async def run_one(n: int, rounds: int, workdir: Path) -> dict:
     site_file.write_text(tomli_w.dumps(site_dict(n, control_port, workdir)))
     broker = Mosquitto(workdir)
     broker.start()
-    sim = subprocess.Popen(
-        [sys.executable, "-m", "gateway.cli", "simulate", "--site", str(site_file), "--quiet"],
-        stdout=subprocess.DEVNULL,
-    )
+    with (workdir / f"simulators-{n}.log").open("w") as sim_log:
+        sim = subprocess.Popen(
+            [sys.executable, "-m", "gateway.cli", "simulate", "--site", str(site_file), "--quiet"],
+            stdout=subprocess.DEVNULL,
+            stderr=sim_log,
+        )
     gw_log = workdir / f"gateway-{n}.log"
     gw = None
     try:
@@ -271,7 +273,11 @@ async def run_one(n: int, rounds: int, workdir: Path) -> dict:
         for proc in (gw, sim):
             if proc is not None:
                 proc.terminate()
-                proc.wait(30)
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
         broker.stop()
 
 
@@ -308,12 +314,15 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--devices", type=int, nargs="+", default=[10, 100, 1000])
     ap.add_argument("--rounds", type=int, default=20)
+    ap.add_argument("--workdir", type=Path, help="keep the site files, store and gateway logs here")
     args = ap.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
+        workdir = args.workdir or Path(tmp)
+        workdir.mkdir(parents=True, exist_ok=True)
         for n in args.devices:
             print(f"benchmark: {n} devices, {args.rounds} dispatches …", flush=True)
-            r = asyncio.run(run_one(n, args.rounds, Path(tmp)))
+            r = asyncio.run(run_one(n, args.rounds, workdir))
             results.append(r)
             rx, w, p, g = r["receipt_ms"], r["all_written_ms"], r["poll"], r["gateway"]
             print(

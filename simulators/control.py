@@ -95,6 +95,9 @@ class ControlServer:
         raise ValueError(f"unknown cmd {cmd!r}; one of state, fault, irradiance, load")
 
 
+REPLY_LIMIT = 64 * 1024 * 1024
+
+
 class ControlClient:
     """`async with ControlClient(port) as c: await c.fault("pv1", "silent"); s = await c.state()`."""
 
@@ -106,7 +109,8 @@ class ControlClient:
         self._lock = asyncio.Lock()
 
     async def connect(self) -> None:
-        self._reader, self._writer = await asyncio.open_connection(self.host, self.port)
+        # a whole site's state is one line: 1,000 devices with their write times exceed asyncio's 64 KiB
+        self._reader, self._writer = await asyncio.open_connection(self.host, self.port, limit=REPLY_LIMIT)
 
     async def close(self) -> None:
         writer, self._writer = self._writer, None

@@ -52,13 +52,17 @@ class Scale:
 
 
 def measure_ac_model(sc: Scale, extra: dict[str, Value | None] | None = None) -> dict[str, Value | None]:
-    """701: filled in every step by `publish_ac`."""
+    """701: power, current and states filled in by `publish_ac`; the simulated grid is stiff, so voltage
+    and frequency sit at nominal and are set here once."""
+    v_ll, v_ln, hz = to_raw(V_NOM_LL, V_SF), to_raw(V_NOM_LN, V_SF), to_raw(F_NOM, HZ_SF)
     return {
         "ACType": THREE_PHASE, "St": ST_ON, "InvSt": INV_RUNNING, "ConnSt": 1, "Alrm": 0,
-        "DERMode": GRID_FOLLOWING, "W": 0, "VA": 0, "Var": 0, "PF": 0, "A": 0, "LLV": 0, "LNV": 0, "Hz": 0,
+        "DERMode": GRID_FOLLOWING, "W": 0, "VA": 0, "Var": 0, "PF": 0, "A": 0, "Hz": hz,
         "TotWhInj": 0, "TotWhAbs": 0,
-        **{f"{x}L{i}": 0 for x in ("W", "VA", "Var", "PF", "A", "V") for i in (1, 2, 3)},
-        "VL1L2": 0, "VL2L3": 0, "VL3L1": 0, "ThrotPct": 100, "ThrotSrc": 0,
+        **{f"{x}L{i}": 0 for x in ("W", "VA", "Var", "PF", "A") for i in (1, 2, 3)},
+        **dict.fromkeys(("LLV", "VL1L2", "VL2L3", "VL3L1"), v_ll),
+        **dict.fromkeys(("LNV", "VL1", "VL2", "VL3"), v_ln),
+        "ThrotPct": 100, "ThrotSrc": 0,
         "A_SF": sc.a, "V_SF": V_SF, "Hz_SF": HZ_SF, "W_SF": sc.w, "PF_SF": PF_SF, "VA_SF": sc.w,
         "Var_SF": sc.w, "TotWh_SF": 0,
         **(extra or {}),
@@ -126,13 +130,9 @@ def publish_ac(m: SunSpecMap, st: AcState) -> None:
     put_balanced(m, 701, "VA", ("VAL1", "VAL2", "VAL3"), s)
     put_balanced(m, 701, "Var", ("VarL1", "VarL2", "VarL3"), q)
     put_balanced(m, 701, "A", ("AL1", "AL2", "AL3"), s / V_NOM_LN)
+    pf_raw = m.raw_for(701, "PF", pf)
     for name in ("PF", "PFL1", "PFL2", "PFL3"):
-        m.put_eng(701, name, pf)
-    for name in ("LLV", "VL1L2", "VL2L3", "VL3L1"):
-        m.put_eng(701, name, V_NOM_LL)
-    for name in ("LNV", "VL1", "VL2", "VL3"):
-        m.put_eng(701, name, V_NOM_LN)
-    m.put_eng(701, "Hz", F_NOM)
+        m.put(701, name, pf_raw)
     m.put(701, "TotWhInj", int(st.wh_injected))
     m.put(701, "TotWhAbs", int(st.wh_absorbed))
     on = st.inv_state != INV_OFF

@@ -58,6 +58,7 @@ from simulators.physics import F_NOM, STEP_S, V_NOM_LL, InverterPhysics, LightIn
 
 TMP_SF = -1
 TMP_CAB_C = 35.0
+MEASUREMENT_REFRESH_S = 0.25  # how often a moving output reaches the registers (real inverters: 0.2–1 s)
 DC_V = 720.0  # PV string voltage reported on the legacy model's DC points
 LEGACY_LIM_SF = -1  # 123 WMaxLimPct in 0.1 % (704 uses 0.01 %)
 SECONDS_1970_TO_2000 = 946_684_800  # model 122 `Tms` counts from 2000-01-01 UTC
@@ -106,7 +107,9 @@ class PvInverter(PhysicsOutputs, SunSpecDevice):
         physics = LightInverterPhysics if cfg.sim.physics == "light" else InverterPhysics
         self.physics = physics(self.rated_kw, cfg.sim.response_time_s, ES_DELAY_S, ES_RAMP_S)
         self._wh = 0.0
-        self._published: tuple | None = None
+        self._controls_version = -1  # the map's controls_version when `_controls` was read
+        self._published_state: tuple | None = None
+        self._published_output: tuple[int, int] | None = None
         self._published_at = -math.inf
         self.step(time.monotonic())  # publish the first measurements before anyone can read
 
@@ -131,12 +134,17 @@ class PvInverter(PhysicsOutputs, SunSpecDevice):
         sc = self._scale
         w = self.rated_kw * 1000.0
         q = Q_RATIO * w
-        measured = ("A", "AphA", "AphB", "AphC", "PPVphAB", "PPVphBC", "PPVphCA", "PhVphA", "PhVphB",
-                    "PhVphC", "W", "Hz", "VA", "VAr", "PF", "WH", "DCA", "DCV", "DCW", "Evt1", "Evt2")
+        measured = ("A", "AphA", "AphB", "AphC", "W", "VA", "VAr", "PF", "WH", "DCA", "DCW", "Evt1", "Evt2")
+        # a stiff grid and a steady string: voltages and frequency are set here once, at nominal
+        nominal = {
+            **dict.fromkeys(("PPVphAB", "PPVphBC", "PPVphCA"), to_raw(V_NOM_LL, V_SF)),
+            **dict.fromkeys(("PhVphA", "PhVphB", "PhVphC"), to_raw(V_NOM_LN, V_SF)),
+            "Hz": to_raw(F_NOM, HZ_SF), "DCV": to_raw(DC_V, V_SF),
+        }
         return {
             1: common_model(cfg, f"PV-LEGACY-{self.rated_kw:g}kW", "legacy"),
             103: {
-                **dict.fromkeys(measured, 0), "TmpCab": to_raw(TMP_CAB_C, TMP_SF),
+                **dict.fromkeys(measured, 0), **nominal, "TmpCab": to_raw(TMP_CAB_C, TMP_SF),
                 "St": LEGACY_ST[INV_RUNNING],
                 "A_SF": sc.a, "V_SF": V_SF, "W_SF": sc.w, "Hz_SF": HZ_SF, "VA_SF": sc.w, "VAr_SF": sc.w,
                 "PF_SF": -1, "WH_SF": 0, "DCA_SF": sc.a, "DCV_SF": V_SF, "DCW_SF": sc.w, "Tmp_SF": TMP_SF,
@@ -202,7 +210,9 @@ class PvInverter(PhysicsOutputs, SunSpecDevice):
 
     def step(self, now: float) -> None:
         super().step(now)
-        ctl = self._controls = self.read_controls()
+        if self._controls_version != self.map.controls_version:
+            self._controls, self._controls_version = self.read_controls(), self.map.controls_version
+        ctl = self._controls
         ph = self.physics
         ph.set_available_kw(self.irradiance_pu * self.rated_kw)
         ph.set_limit(None if ctl.cap_kw is None else ctl.cap_kw / self.rated_kw)
@@ -210,12 +220,19 @@ class PvInverter(PhysicsOutputs, SunSpecDevice):
         ph.set_enter_service(ctl.es_delay_s, ctl.es_ramp_s)
         ph.step()
         self._wh += max(ph.p_kw, 0.0) * 1000.0 * STEP_S / 3600.0
-        # Publishing the ~40 measurement points is most of a step's cost: in steady state, do it once a
-        # second (the energy counter moves on), and at once when what a client can see has changed.
-        seen = (round(ph.p_kw * 1000.0), round(ph.q_kvar * 1000.0), ph.status, ctl)
-        if seen != self._published or now - self._published_at >= 1.0:
+        # Publishing the ~30 measurement points is most of a step's cost. A change of state or of the
+        # controls in force shows at once; a moving output is refreshed every MEASUREMENT_REFRESH_S, as
+        # real inverters refresh their registers; in steady state only the counters move on, each second.
+        state = (ph.status, ctl)
+        output = (round(ph.p_kw * 1000.0), round(ph.q_kvar * 1000.0))
+        since = now - self._published_at
+        moved = output != self._published_output and since >= MEASUREMENT_REFRESH_S
+        if state != self._published_state or moved:
             self._publish(now, ctl)
-            self._published, self._published_at = seen, now
+            self._published_state, self._published_output, self._published_at = state, output, now
+        elif since >= 1.0:
+            self._publish_counters(now)
+            self._published_at = now
 
     def _inv_state(self, ctl: Controls) -> int:
         ph = self.physics
@@ -241,27 +258,29 @@ class PvInverter(PhysicsOutputs, SunSpecDevice):
             m.put_eng(103, "VAr", q)
             m.put_eng(103, "PF", power_factor(p, q) * 100.0)
             put_balanced(m, 103, "A", ("AphA", "AphB", "AphC"), s / V_NOM_LN)
-            for name in ("PPVphAB", "PPVphBC", "PPVphCA"):
-                m.put_eng(103, name, V_NOM_LL)
-            for name in ("PhVphA", "PhVphB", "PhVphC"):
-                m.put_eng(103, name, V_NOM_LN)
-            m.put_eng(103, "Hz", F_NOM)
-            m.put(103, "WH", int(self._wh) & 0xFFFFFFFF)
             m.put_eng(103, "DCW", p)
-            m.put_eng(103, "DCV", DC_V)
             m.put_eng(103, "DCA", p / DC_V)
             m.put(103, "St", LEGACY_ST[inv])
             on = inv != INV_OFF
             m.put(122, "PVConn", (PV_CONNECTED | PV_OPERATING if on else 0) | PV_AVAILABLE)
-            m.put(122, "ActWh", int(self._wh))
             m.put_eng(122, "WAval", min(self.irradiance_pu, 1.0) * self.rated_kw * 1000.0)
             m.put(122, "StActCtl", ST_ACT_FIXED_W if ctl.sources else 0)
+        else:
+            wmax_kw = (m.eng(702, "WMax") or 0.0) / 1000.0
+            cap_pct = 100.0 if ctl.cap_kw is None or wmax_kw <= 0 else 100.0 * ctl.cap_kw / wmax_kw
+            publish_ac(m, AcState(p, q, self._wh, 0.0, inv, cap_pct, ctl.sources))
+        self._publish_counters(now)
+
+    def _publish_counters(self, now: float) -> None:
+        """The points that move on in steady state: energy, heartbeat, clock."""
+        m = self.map
+        if self.legacy:
+            m.put(103, "WH", int(self._wh) & 0xFFFFFFFF)
+            m.put(122, "ActWh", int(self._wh))
             m.put(122, "Tms", int(time.time()) - SECONDS_1970_TO_2000)
-            return
-        wmax_kw = (m.eng(702, "WMax") or 0.0) / 1000.0
-        cap_pct = 100.0 if ctl.cap_kw is None or wmax_kw <= 0 else 100.0 * ctl.cap_kw / wmax_kw
-        publish_ac(m, AcState(p, q, self._wh, 0.0, inv, cap_pct, ctl.sources))
-        m.put(715, "DERHb", self.heartbeat(now) & 0xFFFFFFFF)
+        else:
+            m.put(701, "TotWhInj", int(self._wh))
+            m.put(715, "DERHb", self.heartbeat(now) & 0xFFFFFFFF)
 
     # --- state --------------------------------------------------------------------------------------
 

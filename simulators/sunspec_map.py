@@ -74,6 +74,9 @@ class SunSpecMap:
         self._points: dict[tuple[int, str], tuple[int, PointDef]] = {}
         # Scale factors are read-only on the wire and fixed by the device: decode each once.
         self._sf_cache: dict[tuple[int, str], int | None] = {}
+        # Bumped whenever a control (an RW point) or a scale factor may have changed, by a Modbus write
+        # or by the device itself (reversion, reboot): devices re-read their controls only then.
+        self.controls_version = 0
         regs: list[int] = list(SUNS_MARKER)
         for mid in values:
             mdef = model_def(mid)
@@ -134,6 +137,8 @@ class SunSpecMap:
         self.regs[start : start + p.size] = encode(p, raw)
         if p.type == "sunssf":
             self._sf_cache.pop((mid, name), None)
+        if p.access == "RW" or p.type == "sunssf":
+            self.controls_version += 1
 
     # --- engineering values (scale factors applied) -------------------------------------------------
 
@@ -189,6 +194,8 @@ class SunSpecMap:
             for key, (addr, p) in self._points.items()
             if addr < address + len(values) and address < addr + p.size and self._writable[addr - self.base]
         }
+        if touched:
+            self.controls_version += 1
         return applied, touched
 
     def writable_points(self) -> Iterable[tuple[int, str]]:
