@@ -9,8 +9,15 @@ separate processes; this process speaks for the market side. For each N it measu
 - device poll throughput: the gateway's SunSpec driver reading every device (its real read: the same
   coalesced requests, decoding and scaling) against bare pymodbus clients making the same requests, in
   the same run, against the same simulators: requests per second and their ratio;
-- the gateway process's CPU (share of one core) and peak RSS, and whether any control cycle overran
-  `control_interval_s` (the gateway logs each overrun).
+- the gateway process's CPU (share of one core) and peak RSS, and the simulators' CPU;
+- the control loop under load: each control cycle's duration (the gateway's /metrics histogram) against
+  `control_interval_s`, and the PCC meter sampled 5 times a second against the export cap, which binds
+  every other dispatch;
+- the same with 1 % of the devices faulty (half answering 1.5 s late, half silent): fan-out to the
+  healthy devices, cycle durations and the meter, so a slow or dead device is seen not to delay the rest.
+
+The polling comparison runs after the gateway has stopped, so that neither side shares the simulators
+with it.
 
     .venv/bin/python benchmarks/scale.py --devices 10 100 1000
 
@@ -22,15 +29,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import math
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import aiohttp
 import tomli_w
+from prometheus_client.parser import text_string_to_metric_families
 from pymodbus.client import AsyncModbusTcpClient
 
 from gateway.config import load_site
@@ -43,9 +54,14 @@ from simulators.mosquitto import Mosquitto, free_port
 RESULTS = Path(__file__).resolve().parent / "results"
 RATED_KW = 10.0
 IRRADIANCE = 0.9
+LOAD_PU = 0.05  # site load, per unit of the installed PV
+EXPORT_CAP_PU = 0.35  # of the installed PV: between the two dispatch targets, so it binds every other round
+FAULTY_SHARE = 0.01
+SLOW_DELAY_S = 1.5  # a slow device's answers: late, yet within the driver's 2 s timeout
+METER_SAMPLE_S = 0.2
 
 
-def site_dict(n: int, control_port: int, workdir: Path) -> dict:
+def site_dict(n: int, control_port: int, web_port: int, workdir: Path) -> dict:
     devices = [
         {
             "id": f"pv{i:04d}",
@@ -62,15 +78,16 @@ def site_dict(n: int, control_port: int, workdir: Path) -> dict:
         "site": {
             "id": "bench",
             "resource_id": "BENCH-1",
-            "export_cap_kw": RATED_KW * n,
+            "export_cap_kw": EXPORT_CAP_PU * RATED_KW * n,
             "import_cap_kw": RATED_KW * n,
             "telemetry_interval_s": 5.0,
             "comms_timeout_s": 3600.0,
         },
         "store": {"path": str(workdir / f"gateway-{n}.sqlite")},
+        "web": {"enabled": True, "port": web_port},
         "devices": devices,
         "simulator": {
-            "load_kw": 0.05 * RATED_KW * n,
+            "load_kw": LOAD_PU * RATED_KW * n,
             "irradiance_pu": IRRADIANCE,
             "control_port": control_port,
         },
@@ -138,16 +155,18 @@ def is_received(topic: str, payload: bytes, ref: str) -> bool:
 
 
 async def latencies(
-    peer: MqttPeer, ctl: ControlClient, n: int, rounds: int
+    peer: MqttPeer, ctl: ControlClient, n: int, rounds: int, *, tag: str, faulty: frozenset[str] = frozenset()
 ) -> tuple[list[float], list[float]]:
+    """Dispatch `rounds` times; (receipt ms, fan-out ms to every device not in `faulty`) of each round."""
     receipt, fanout = [], []
     for r in range(rounds):
-        # well below the available PV, so every inverter is curtailed and each dispatch moves every limit
-        target = (0.25 if r % 2 else 0.45) * IRRADIANCE * RATED_KW * n
+        # below the available PV, so every inverter is curtailed and each dispatch moves every limit; the
+        # site starts at the export cap, which the higher target meets
+        target = (0.45 if r % 2 else 0.25) * IRRADIANCE * RATED_KW * n
         msg = {
             "v": 1,
             "type": "dispatch",
-            "id": f"b-{n}-{r}",
+            "id": f"b-{n}-{tag}-{r}",
             "issuer": "ieso",
             "issued_at": now_rfc3339(),
             "resource_id": "BENCH-1",
@@ -167,27 +186,71 @@ async def latencies(
         # each device's first write after the dispatch; the slowest of them is the fan-out
         firsts = [
             min((w for w in d["writes_at"] if w >= t0), default=None)
-            for d in state["devices"].values()
-            if d["kind"] == "pv"
+            for name, d in state["devices"].items()
+            if d["kind"] == "pv" and name not in faulty
         ]
         if all(f is not None for f in firsts):
             fanout.append((max(firsts) - t0) * 1000)
     return receipt, fanout
 
 
-async def poll_throughput(site_file: Path, rounds: int) -> dict:
-    """Requests/s of the gateway's driver reading every device, and of bare pymodbus on the same requests."""
+async def cycle_histogram(web_port: int) -> dict[float, float]:
+    """The gateway's control-cycle histogram from /metrics: cumulative count by upper bound (s)."""
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{web_port}/metrics") as r:
+        text = await r.text()
+    return {
+        float(s.labels["le"]): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+        if s.name == "der_gateway_control_cycle_seconds_bucket"
+    }
+
+
+def cycle_stats(before: dict[float, float], after: dict[float, float], interval_s: float) -> dict:
+    """Cycles between two scrapes: how many, how many overran the interval, and the p99 bucket."""
+    delta = {le: after[le] - before.get(le, 0.0) for le in sorted(after)}
+    count = delta[math.inf]
+    within = max((v for le, v in delta.items() if le <= interval_s), default=0.0)
+    p99 = next((le for le, v in delta.items() if count and v >= 0.99 * count), math.inf)
+    return {"cycles": int(count), "overruns": int(count - within), "p99_at_most_s": p99}
+
+
+class MeterWatch:
+    """Samples the PCC meter through the control socket and keeps the worst export above the cap."""
+
+    def __init__(self, ctl: ControlClient, cap_kw: float) -> None:
+        self.ctl, self.cap_kw = ctl, cap_kw
+        self.samples: list[tuple[float, float]] = []  # (seconds since the phase began, kW)
+        self.t0 = time.monotonic()
+
+    async def run(self) -> None:
+        while True:
+            p = (await self.ctl.site())["meter_p_kw"]
+            self.samples.append((time.monotonic() - self.t0, p))
+            await asyncio.sleep(METER_SAMPLE_S)
+
+    def take(self) -> dict:
+        """The phase since the last take: its worst export, and when it was over the cap (+1 %)."""
+        samples, self.samples, self.t0 = self.samples, [], time.monotonic()
+        worst = max((p for _, p in samples), default=float("nan"))
+        over = [round(t, 1) for t, p in samples if p > 1.01 * self.cap_kw]
+        return {
+            "samples": len(samples),
+            "export_cap_kw": self.cap_kw,
+            "max_export_kw": round(worst, 2),
+            "max_over_cap_pct": round(100.0 * max(0.0, worst - self.cap_kw) / self.cap_kw, 2),
+            "samples_over_cap_1pct": len(over),
+            "over_cap_at_s": over[:20],
+        }
+
+
+async def poll_throughput(site_file: Path, rounds: int, trials: int = 3) -> dict:
+    """Requests/s of the gateway's driver reading every device, and of bare pymodbus making the same
+    requests (one client per device, as the driver has): trials alternate, the median of each counts."""
     site = load_site(site_file)
     devices = [d for d in build_devices(site) if isinstance(d, SunSpecDevice)]
     await asyncio.gather(*(d.read() for d in devices))  # discovery and connections, not timed
     requests = sum(len(d.read_spans) for d in devices)
-    t = time.perf_counter()
-    for _ in range(rounds):
-        await asyncio.gather(*(d.read() for d in devices))
-    driver = requests * rounds / (time.perf_counter() - t)
-    for d in devices:
-        await d.close()
-
     clients = []
     for cfg, dev in zip(site.devices, devices, strict=True):
         client = AsyncModbusTcpClient(cfg.host, port=cfg.port, timeout=2)
@@ -198,25 +261,38 @@ async def poll_throughput(site_file: Path, rounds: int) -> dict:
         for address, count in spans:
             await client.read_holding_registers(address, count=count, device_id=unit)
 
-    await asyncio.gather(*(bare_read(*c) for c in clients))
-    t = time.perf_counter()
-    for _ in range(rounds):
-        await asyncio.gather(*(bare_read(*c) for c in clients))
-    bare = requests * rounds / (time.perf_counter() - t)
+    async def rate(read_all: Callable[[], Awaitable[object]]) -> float:
+        t = time.perf_counter()
+        for _ in range(rounds):
+            await read_all()
+        return requests * rounds / (time.perf_counter() - t)
+
+    await asyncio.gather(*(bare_read(*c) for c in clients))  # warm up
+    driver, bare = [], []
+    for _ in range(trials):
+        driver.append(await rate(lambda: asyncio.gather(*(d.read() for d in devices))))
+        bare.append(await rate(lambda: asyncio.gather(*(bare_read(*c) for c in clients))))
+    for d in devices:
+        await d.close()
     for client, _, _ in clients:
         client.close()
+    d_med, b_med = statistics.median(driver), statistics.median(bare)
     return {
         "requests_per_round": requests,
-        "driver_req_s": round(driver),
-        "bare_pymodbus_req_s": round(bare),
-        "ratio": round(driver / bare, 3),
+        "driver_req_s": round(d_med),
+        "bare_pymodbus_req_s": round(b_med),
+        "ratio": round(d_med / b_med, 3),
+        "trials": {"driver": [round(x) for x in driver], "bare": [round(x) for x in bare]},
     }
 
 
 async def run_one(n: int, rounds: int, workdir: Path) -> dict:
-    control_port = free_port()
+    control_port, web_port = free_port(), free_port()
     site_file = workdir / f"site-{n}.toml"
-    site_file.write_text(tomli_w.dumps(site_dict(n, control_port, workdir)))
+    site_file.write_text(tomli_w.dumps(site_dict(n, control_port, web_port, workdir)))
+    interval_s = load_site(site_file).site.control_interval_s
+    for old in workdir.glob(f"gateway-{n}.sqlite*"):  # a fresh gateway: a kept store knows the dispatch ids
+        old.unlink()
     broker = Mosquitto(workdir)
     broker.start()
     with (workdir / f"simulators-{n}.log").open("w") as sim_log:
@@ -248,30 +324,60 @@ async def run_one(n: int, rounds: int, workdir: Path) -> dict:
                     stderr=log,
                 )
             await wait_all_online(peer, n, timeout=60 + n / 5)
-            stats = ProcStats(gw.pid)
-            receipt, fanout = await latencies(peer, ctl, n, rounds)
-            cpu, rss = stats.cpu_share(), stats.peak_rss_mb()
-            polls = await poll_throughput(site_file, rounds=5)
-        overruns = gw_log.read_text().count("longer than control_interval_s")
+            gw_stats, sim_stats = ProcStats(gw.pid), ProcStats(sim.pid)
+            meter = MeterWatch(ctl, EXPORT_CAP_PU * RATED_KW * n)
+            watcher = asyncio.create_task(meter.run())
+            h0 = await cycle_histogram(web_port)
+            receipt, fanout = await latencies(peer, ctl, n, rounds, tag="ok")
+            healthy_meter, h1 = meter.take(), await cycle_histogram(web_port)
+            cpu, sim_cpu = gw_stats.cpu_share(), sim_stats.cpu_share()
+
+            k = max(1, round(FAULTY_SHARE * n / 2))
+            pvs = [f"pv{i:04d}" for i in range(n)]
+            slow, silent = pvs[:k], pvs[k : 2 * k]
+            for dev in slow:
+                await ctl.fault(dev, "slow", delay_s=SLOW_DELAY_S)
+            for dev in silent:
+                await ctl.fault(dev, "silent")
+            await asyncio.sleep(3 * interval_s)  # long enough for the gateway to find them out
+            meter.take()
+            f_receipt, f_fanout = await latencies(
+                peer, ctl, n, max(4, rounds // 2), tag="faults", faulty=frozenset(slow + silent)
+            )
+            faulty_meter, h2 = meter.take(), await cycle_histogram(web_port)
+            watcher.cancel()
+            for dev in slow + silent:
+                await ctl.fault(dev, "none")
+            rss = gw_stats.peak_rss_mb()
+        gw.terminate()
+        gw.wait(30)
+        polls = await poll_throughput(site_file, rounds=5)
         return {
             "devices": n,
             "rounds": rounds,
-            "receipt_ms": {"p50": round(statistics.median(receipt), 2), "p99": round(pct(receipt, 0.99), 2)},
-            "all_written_ms": {
-                "p50": round(statistics.median(fanout), 1) if fanout else None,
-                "p99": round(pct(fanout, 0.99), 1) if fanout else None,
-                "rounds_with_every_device_written": len(fanout),
-            },
+            "receipt_ms": summary(receipt, 2),
+            "all_written_ms": {**summary(fanout, 1), "rounds_with_every_device_written": len(fanout)},
             "poll": polls,
             "gateway": {
                 "cpu_share_of_one_core": round(cpu, 3),
                 "peak_rss_mb": round(rss, 1),
-                "cycle_overruns": overruns,
+                "control_cycles": cycle_stats(h0, h1, interval_s),
+                "meter": healthy_meter,
             },
+            "simulators_cpu_share_of_one_core": round(sim_cpu, 3),
+            "with_faulty_devices": {
+                "slow": len(slow),
+                "silent": len(silent),
+                "receipt_ms": summary(f_receipt, 2),
+                "healthy_written_ms": {**summary(f_fanout, 1), "rounds": len(f_fanout)},
+                "control_cycles": cycle_stats(h1, h2, interval_s),
+                "meter": faulty_meter,
+            },
+            "gateway_log_warnings": gw_log.read_text().count("WARNING"),
         }
     finally:
         for proc in (gw, sim):
-            if proc is not None:
+            if proc is not None and proc.poll() is None:
                 proc.terminate()
                 try:
                     proc.wait(30)
@@ -279,6 +385,12 @@ async def run_one(n: int, rounds: int, workdir: Path) -> dict:
                     proc.kill()
                     proc.wait()
         broker.stop()
+
+
+def summary(values: list[float], digits: int) -> dict:
+    if not values:
+        return {"p50": None, "p99": None}
+    return {"p50": round(statistics.median(values), digits), "p99": round(pct(values, 0.99), digits)}
 
 
 def plot(results: list[dict], path: Path) -> None:
@@ -310,6 +422,23 @@ def plot(results: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+def report(r: dict, rounds: int) -> str:
+    rx, w, p, g, f = r["receipt_ms"], r["all_written_ms"], r["poll"], r["gateway"], r["with_faulty_devices"]
+    c, fc, m, fm = g["control_cycles"], f["control_cycles"], g["meter"], f["meter"]
+    return (
+        f"  received p50 {rx['p50']} ms p99 {rx['p99']} ms | every device written p50 {w['p50']} ms "
+        f"p99 {w['p99']} ms ({w['rounds_with_every_device_written']}/{rounds} rounds)\n"
+        f"  polling: driver {p['driver_req_s']} req/s vs bare pymodbus {p['bare_pymodbus_req_s']} req/s "
+        f"= {p['ratio']:.0%} | gateway CPU {g['cpu_share_of_one_core']:.0%} of a core, peak RSS "
+        f"{g['peak_rss_mb']} MB | simulators CPU {r['simulators_cpu_share_of_one_core']:.0%}\n"
+        f"  control cycles: {c['cycles']}, overruns {c['overruns']}, p99 ≤ {c['p99_at_most_s']} s | meter: "
+        f"max {m['max_export_kw']} kW vs cap {m['export_cap_kw']:g} kW ({m['samples']} samples)\n"
+        f"  with {f['slow']} slow + {f['silent']} silent devices: healthy written p99 "
+        f"{f['healthy_written_ms']['p99']} ms, cycles {fc['cycles']}, overruns {fc['overruns']}, "
+        f"p99 ≤ {fc['p99_at_most_s']} s | meter max {fm['max_export_kw']} kW"
+    )
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--devices", type=int, nargs="+", default=[10, 100, 1000])
@@ -324,16 +453,7 @@ def main() -> int:
             print(f"benchmark: {n} devices, {args.rounds} dispatches …", flush=True)
             r = asyncio.run(run_one(n, args.rounds, workdir))
             results.append(r)
-            rx, w, p, g = r["receipt_ms"], r["all_written_ms"], r["poll"], r["gateway"]
-            print(
-                f"  received p50 {rx['p50']} ms p99 {rx['p99']} ms | every device written p50 {w['p50']} ms "
-                f"p99 {w['p99']} ms ({w['rounds_with_every_device_written']}/{args.rounds} rounds)\n"
-                f"  polling: driver {p['driver_req_s']} req/s vs bare pymodbus "
-                f"{p['bare_pymodbus_req_s']} req/s "
-                f"= {p['ratio']:.0%} | gateway CPU {g['cpu_share_of_one_core']:.0%} of a core, "
-                f"peak RSS {g['peak_rss_mb']} MB, cycle overruns {g['cycle_overruns']}",
-                flush=True,
-            )
+            print(report(r, args.rounds), flush=True)
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "scale.json").write_text(json.dumps(results, indent=2) + "\n")
     plot(results, RESULTS / "scale.png")

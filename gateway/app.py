@@ -63,26 +63,35 @@ class DevicePoller:
     """One device's reads and writes. A read is started by each control cycle; a command is written as
     soon as it is given, the latest one winning if the device is still busy with the one before."""
 
-    def __init__(self, device: Device) -> None:
+    def __init__(self, device: Device, read_deadline_s: float) -> None:
         self.device = device
         self.reading: Reading | None = None
         self.command: DeviceCommand | None = None
+        self.read_deadline_s = read_deadline_s
+        # Its last read outlasted the cycle's read deadline: cycles stop waiting for it (its last
+        # reading is used, turning stale in time) until one of its reads comes back in time again.
+        self.late = False
         self._read_task: asyncio.Task | None = None
         self._new_command = asyncio.Event()
         # Told of every read: (device, reading or None, seconds, last_error before it); for /metrics.
         self.on_read: Callable[[Device, Reading | None, float, DeviceError | None], None] | None = None
 
-    def start_read(self) -> asyncio.Task:
-        """The read in flight, or a new one: a slow device never has two reads queued."""
-        if self._read_task is None or self._read_task.done():
+    def start_read(self) -> asyncio.Task | None:
+        """A new read, to be waited for; None when the device is late (the read still in flight from an
+        earlier cycle, or its last one too slow): a read is started if none is in flight, not waited for."""
+        in_flight = self._read_task is not None and not self._read_task.done()
+        if not in_flight:
             self._read_task = asyncio.create_task(self._read())
-        return self._read_task
+        return None if in_flight or self.late else self._read_task
 
     async def _read(self) -> None:
         error_before, started = self.device.last_error, time.monotonic()
         reading = await self.device.read()
+        seconds = time.monotonic() - started
+        # only an answer in time clears it: a dead device's quick "still backing off" must not
+        self.late = seconds > self.read_deadline_s or (reading is None and self.late)
         if self.on_read is not None:
-            self.on_read(self.device, reading, time.monotonic() - started, error_before)
+            self.on_read(self.device, reading, seconds, error_before)
         if reading is not None:
             self.reading = reading
 
@@ -117,11 +126,13 @@ class Gateway:
         self.journal = Journal(self.store)
         # Before any device is touched: limits, overrides and seen ids as they were (TDC-19).
         self.restored = self.journal.restore(self.engine)
-        self.pollers = {d.id: DevicePoller(d) for d in build_devices(site, on_write=self.journal.on_write)}
-        # Reads that miss this deadline leave their device's last reading in use (it turns stale), so a
-        # slow or silent device cannot hold up the cycle; readings of one cycle are taken together, so
-        # the load estimate (Σ devices − meter) compares like with like.
+        # Reads that miss this deadline leave their device's last reading in use (it turns stale), and
+        # the next cycles do not wait for that device, so a slow or silent device cannot hold up the
+        # cycle (nor the writes to the others); readings of one cycle are taken together, so the load
+        # estimate (Σ devices − meter) compares like with like.
         self.read_deadline_s = 0.5 * self.interval_s
+        self.pollers = {d.id: DevicePoller(d, self.read_deadline_s)
+                        for d in build_devices(site, on_write=self.journal.on_write)}
         self.meter_id = site.meter.id
         self.link = MqttLink(site.mqtt, site.site.id, self._on_message, self._on_connect,
                              offline_payload=encode_outbound(self._status(online=False), site.site.id)[1])
@@ -134,6 +145,7 @@ class Gateway:
         self._publish_lock = asyncio.Lock()
         self._online: dict[str, bool] = {}
         self.last_cycle_s = 0.0  # how long the last control cycle took (read, decide, hand out writes)
+        self.on_cycle_time: Callable[[float], None] | None = None  # told each cycle's duration (/metrics)
         self._last_status: Status | None = None
         self.started = time.monotonic()
         # Called after every control cycle (e.g. the SCADA outstation's points, the status page).
@@ -212,7 +224,9 @@ class Gateway:
         # Every cycle reads every device, the one an instruction triggers too: the load estimate
         # (Σ devices − meter) is only right on readings taken together, and a hold starts from the
         # metered export now.
-        await asyncio.wait([p.start_read() for p in self.pollers.values()], timeout=self.read_deadline_s)
+        reads = [t for t in (p.start_read() for p in self.pollers.values()) if t is not None]
+        if reads:
+            await asyncio.wait(reads, timeout=self.read_deadline_s)
         now = utcnow()
         meter, devices = self._readings()
         cycle = self.engine.cycle(now, meter, devices)
@@ -255,6 +269,8 @@ class Gateway:
             except Exception:  # one bad cycle must not stop control; the next one starts afresh
                 log.exception("control cycle failed")
             self.last_cycle_s = loop.time() - started
+            if self.on_cycle_time is not None:
+                self.on_cycle_time(self.last_cycle_s)
             if self.last_cycle_s > self.interval_s:
                 log.warning("control cycle took %.2f s, longer than control_interval_s = %.2f s",
                             self.last_cycle_s, self.interval_s)

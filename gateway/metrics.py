@@ -2,9 +2,9 @@
 
 Each gateway has its own registry (not prometheus_client's global one), so several gateways in one
 process (tests, the demo) never share or clash over a metric. Counters and the last decision are fed by
-hooks: `on_cycle` (a cycle listener), `on_read` (each device poll) and `on_inbound` (the answers to each
-inbound message). Values that only matter when someone looks — device states, outbox depth, audit
-records, uptime — are read from the gateway at scrape time.
+hooks: `on_cycle` (a cycle listener), `on_cycle_time` (each cycle's duration), `on_read` (each device
+poll) and `on_inbound` (the answers to each inbound message). Values that only matter when someone
+looks — device states, outbox depth, audit records, uptime — are read from the gateway at scrape time.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ MODES = ("normal", "constrained", "overridden", "failsafe")
 # Modbus reads on a LAN take milliseconds; a device near its timeout (1 s by default) lands in the top
 # buckets.
 POLL_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+CYCLE_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 5.0)
 
 
 def binding_kind(binding: str) -> str:
@@ -47,6 +48,10 @@ class Metrics:
         self.poll_seconds = Histogram("der_gateway_device_poll_seconds",
                                       "Duration of one device read that was attempted (reconnects included)",
                                       ["device"], buckets=POLL_BUCKETS, registry=r)
+        self.cycle_seconds = Histogram("der_gateway_control_cycle_seconds",
+                                       "Duration of one control cycle: read every device, decide, hand out "
+                                       "the writes (more than control_interval_s is an overrun)",
+                                       buckets=CYCLE_BUCKETS, registry=r)
         self.poll_errors = Counter("der_gateway_device_poll_errors",
                                    "Device reads that failed: offline (no answer) or fault (refused)",
                                    ["device", "error"], registry=r)
@@ -78,6 +83,9 @@ class Metrics:
         self.import_limit_kw.set(d.import_limit_kw)
         self.mode.state(cycle.mode)
         self._count(cycle.outbound)
+
+    def on_cycle_time(self, seconds: float) -> None:
+        self.cycle_seconds.observe(seconds)
 
     def on_read(self, device: Device, reading: Reading | None, seconds: float,
                 error_before: DeviceError | None) -> None:

@@ -3,6 +3,7 @@
 One JSON object per line each way; every request gets exactly one reply line, in order:
 
     {"cmd": "state"}                                    → {"ok": true, "state": {...all devices...}}
+    {"cmd": "site"}                                     → {"ok": true, "site": {irradiance, load, DER, meter}}
     {"cmd": "fault", "device": "pv1", "mode": "silent"} → {"ok": true}
         modes: none | silent | exception (+ "code", default 4) | slow (+ "delay_s", default 2)
                | reboot (+ "duration_s", default 3)
@@ -77,6 +78,8 @@ class ControlServer:
         cmd = msg.get("cmd")
         if cmd == "state":
             return {"state": self.site.state()}
+        if cmd == "site":  # cheap enough to sample often, whatever the number of devices
+            return {"site": self.site.site_state()}
         if cmd == "irradiance":
             self.site.set_irradiance(float(msg["pu"]))
             return {}
@@ -92,7 +95,7 @@ class ControlServer:
                 opts["code"] = int(opts["code"])
             self.site.devices[name].set_fault(str(msg.get("mode")), **opts)
             return {}
-        raise ValueError(f"unknown cmd {cmd!r}; one of state, fault, irradiance, load")
+        raise ValueError(f"unknown cmd {cmd!r}; one of state, site, fault, irradiance, load")
 
 
 REPLY_LIMIT = 64 * 1024 * 1024
@@ -143,6 +146,10 @@ class ControlClient:
 
     async def state(self) -> dict[str, Any]:
         return (await self.request("state"))["state"]
+
+    async def site(self) -> dict[str, Any]:
+        """Irradiance, load, total DER output and the PCC meter, without the devices."""
+        return (await self.request("site"))["site"]
 
     async def fault(self, device: str, mode: str, **opts: float) -> None:
         await self.request("fault", device=device, mode=mode, **opts)

@@ -180,12 +180,15 @@ class SiteSimulator:
         self.meter.update(p, q)
         self.meter.step(now)
 
-    def state(self) -> dict[str, Any]:
-        """Everything the live table and the control socket's `state` command show."""
+    def site_state(self) -> dict[str, Any]:
+        """The site as a whole: what the control socket's `site` command shows."""
         return {
             "irradiance_pu": self.irradiance_pu,
             "load_kw": round(self.load_kw, 3),
             "der_p_kw": round(self.der_p_kw, 3),
             "meter_p_kw": round(self.meter_p_kw, 3),
-            "devices": {name: dev.state() for name, dev in self.devices.items()},
         }
+
+    def state(self) -> dict[str, Any]:
+        """Everything the live table and the control socket's `state` command show."""
+        return {**self.site_state(), "devices": {name: dev.state() for name, dev in self.devices.items()}}

@@ -182,7 +182,9 @@ class ModbusEndpoint:
             if quiet_s > 0:
                 await asyncio.sleep(quiet_s)
             try:
-                response = await asyncio.wait_for(call(client), timeout_s)
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for wraps each request in a task
+                async with asyncio.timeout(timeout_s):
+                    response = await call(client)
             except TimeoutError:
                 if not client.connected:
                     self._drop()

@@ -118,8 +118,17 @@ class Bound:
 class Image(RegisterImage):
     """The registers read in one cycle, as contiguous spans, decoded as SunSpec points."""
 
+    def __init__(self, spans: Sequence[tuple[int, list[int]]]) -> None:
+        super().__init__(spans)
+        # each point decoded once per read: a scale factor serves several values
+        self._raw: dict[int, Value | None] = {}
+
     def raw(self, point: Bound) -> Value | None:
-        return decode(point.pdef, self.regs(point.address, point.pdef.size))
+        try:
+            return self._raw[point.address]
+        except KeyError:
+            value = self._raw[point.address] = decode(point.pdef, self.regs(point.address, point.pdef.size))
+            return value
 
     def exponent(self, point: Bound) -> int | None:
         """The scale factor of `point`: 0 when unscaled, None when the device does not implement it."""

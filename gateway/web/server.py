@@ -86,6 +86,7 @@ def attach_web(gateway: Gateway) -> WebServer:
     metrics = Metrics(gateway)
     gateway.cycle_listeners += [history.on_cycle, metrics.on_cycle]
     gateway.inbound_listeners.append(metrics.on_inbound)
+    gateway.on_cycle_time = metrics.on_cycle_time
     for poller in gateway.pollers.values():
         poller.on_read = metrics.on_read
     server = WebServer(gateway, history, metrics)

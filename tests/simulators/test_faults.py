@@ -126,6 +126,10 @@ async def test_control_socket_drives_faults_sun_and_load(start_site) -> None:
         expected = 125.0 + 75.0 + 15.0 - 100.0  # pv1, pv2, pv3 (DNP3), load
         await eventually(lambda: abs(sim.meter_p_kw - expected) < 0.5, what="new sun and load")
         assert (await ctl.state())["load_kw"] == pytest.approx(100.0)
+        site = await ctl.site()  # the site without its devices
+        assert "devices" not in site
+        assert site["load_kw"] == pytest.approx(100.0)
+        assert site["meter_p_kw"] == pytest.approx(expected, abs=0.5)
 
         with pytest.raises(ControlError, match="unknown device"):
             await ctl.fault("nope", "silent")

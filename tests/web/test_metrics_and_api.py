@@ -54,6 +54,9 @@ async def test_metrics_count_polls_errors_decisions_responses_and_read_the_store
     assert m[("der_gateway_responses_total", (("role", "ieso"), ("status", "constrained")))] >= 1
     assert m[("der_gateway_responses_total", (("role", "ldc"), ("status", "accepted")))] == 1
     assert m[("der_gateway_export_limit_decisions_total", (("binding", "envelope"),))] >= 1
+    cycles = m[("der_gateway_control_cycle_seconds_count", ())]
+    assert cycles >= 1 and m[("der_gateway_control_cycle_seconds_sum", ())] > 0
+    assert m[("der_gateway_control_cycle_seconds_bucket", (("le", "+Inf"),))] == cycles
     assert m[("der_gateway_export_limit_kw", ())] == 100.0
     assert m[("der_gateway_mode", (("der_gateway_mode", "constrained"),))] == 1
     assert m[("der_gateway_audit_records_total", ())] > 0  # inbound messages, decisions, writes
