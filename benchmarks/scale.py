@@ -321,7 +321,8 @@ async def run_one(n: int, rounds: int, workdir: Path) -> dict:
                         "--log-level",
                         "warning",
                     ],
-                    stderr=log,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
                 )
             await wait_all_online(peer, n, timeout=60 + n / 5)
             gw_stats, sim_stats = ProcStats(gw.pid), ProcStats(sim.pid)
