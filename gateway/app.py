@@ -12,6 +12,7 @@ import contextlib
 import json
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from typing import Any
 from gateway import __version__
 from gateway.config import SiteFile
 from gateway.core import report
+from gateway.core.allocation import pcc_at
 from gateway.core.engine import Cycle, Engine
 from gateway.core.model import DeviceCommand, DeviceReading, Invalid, Limits, MeterReading, SiteParams
 from gateway.core.model import Inbound as CoreInbound
@@ -35,6 +37,7 @@ from gateway.web.server import attach_web
 log = logging.getLogger(__name__)
 
 REPLAY_BATCH = 200  # telemetry messages in flight at once when the outbox is replayed
+METER_HISTORY = 32  # meter readings kept: more than the age of any device reading still in use
 
 
 def utcnow() -> datetime:
@@ -134,6 +137,16 @@ class Gateway:
         self.pollers = {d.id: DevicePoller(d, self.read_deadline_s)
                         for d in build_devices(site, on_write=self.journal.on_write)}
         self.meter_id = site.meter.id
+        # Recent meter readings (time, kW): devices read in waves may be older than the meter's last
+        # reading, and the load estimate takes the PCC at their time (see MeterReading.p_kw_at_devices).
+        self._meter_history: deque[tuple[float, float]] = deque(maxlen=METER_HISTORY)
+        # With more devices than requests allowed in flight (MAX_IN_FLIGHT), a cycle's reads go out in
+        # waves, in this order: the meter in the middle is read at about the mean time of the device
+        # readings, so that the load estimate (Σ devices − meter) compares like with like while the
+        # output ramps.
+        others = [p for dev_id, p in self.pollers.items() if dev_id != self.meter_id]
+        middle = len(others) // 2
+        self._read_order = [*others[:middle], self.pollers[self.meter_id], *others[middle:]]
         self.link = MqttLink(site.mqtt, site.site.id, self._on_message, self._on_connect,
                              offline_payload=encode_outbound(self._status(online=False), site.site.id)[1])
         self.snapshot = Snapshot()
@@ -199,13 +212,10 @@ class Gateway:
     def _readings(self) -> tuple[MeterReading | None, list[DeviceReading]]:
         meter: MeterReading | None = None
         devices: list[DeviceReading] = []
+        read_at: list[float] = []  # when the readings of the devices that count were taken
         for dev_id, poller in self.pollers.items():
             r, dev = poller.reading, poller.device
             if dev_id == self.meter_id:
-                if r is not None:
-                    # 20x meter models carry no nominal voltage, so v_pu may be unknown: 1.0 is reported.
-                    meter = MeterReading(p_kw=r.p_kw, q_kvar=r.q_kvar or 0.0, v_pu=r.v_pu or 1.0,
-                                         hz=r.hz or 60.0, online=dev.online, stale=dev.stale)
                 continue
             if r is None:
                 devices.append(DeviceReading(id=dev_id, kind=dev.kind, online=False, stale=True, p_kw=0.0,
@@ -218,13 +228,23 @@ class Gateway:
                 available_kw=r.available_kw if r.available_kw is not None else 0.0,
                 max_charge_kw=r.max_charge_kw, soc_pct=r.soc_pct, connected=bool(r.connected),
             ))
+            if dev.online:
+                read_at.append(r.at)
+        r, dev = self.pollers[self.meter_id].reading, self.pollers[self.meter_id].device
+        if r is not None:
+            if not self._meter_history or self._meter_history[-1][0] != r.at:
+                self._meter_history.append((r.at, r.p_kw))
+            at_devices = pcc_at(self._meter_history, sum(read_at) / len(read_at)) if read_at else None
+            # 20x meter models carry no nominal voltage, so v_pu may be unknown: 1.0 is reported.
+            meter = MeterReading(p_kw=r.p_kw, q_kvar=r.q_kvar or 0.0, v_pu=r.v_pu or 1.0, hz=r.hz or 60.0,
+                                 online=dev.online, stale=dev.stale, p_kw_at_devices=at_devices)
         return meter, devices
 
     async def run_cycle(self) -> Cycle:
         # Every cycle reads every device, the one an instruction triggers too: the load estimate
         # (Σ devices − meter) is only right on readings taken together, and a hold starts from the
         # metered export now.
-        reads = [t for t in (p.start_read() for p in self.pollers.values()) if t is not None]
+        reads = [t for t in (p.start_read() for p in self._read_order) if t is not None]
         if reads:
             await asyncio.wait(reads, timeout=self.read_deadline_s)
         now = utcnow()

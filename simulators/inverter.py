@@ -110,6 +110,7 @@ class PvInverter(PhysicsOutputs, SunSpecDevice):
         self._controls_version = -1  # the map's controls_version when `_controls` was read
         self._published_state: tuple | None = None
         self._published_output: tuple[int, int] | None = None
+        self._power_output: tuple[int, int] | None = None  # what the W and var registers hold
         self._published_at = -math.inf
         self.step(time.monotonic())  # publish the first measurements before anyone can read
 
@@ -221,8 +222,9 @@ class PvInverter(PhysicsOutputs, SunSpecDevice):
         ph.step()
         self._wh += max(ph.p_kw, 0.0) * 1000.0 * STEP_S / 3600.0
         # Publishing the ~30 measurement points is most of a step's cost. A change of state or of the
-        # controls in force shows at once; a moving output is refreshed every MEASUREMENT_REFRESH_S, as
-        # real inverters refresh their registers; in steady state only the counters move on, each second.
+        # controls in force shows at once; a moving output updates W and var every step (the gateway
+        # sets the site against the meter with them, and the meter moves every step) and the rest every
+        # MEASUREMENT_REFRESH_S; in steady state only the counters move on, each second.
         state = (ph.status, ctl)
         output = (round(ph.p_kw * 1000.0), round(ph.q_kvar * 1000.0))
         since = now - self._published_at
@@ -230,6 +232,10 @@ class PvInverter(PhysicsOutputs, SunSpecDevice):
         if state != self._published_state or moved:
             self._publish(now, ctl)
             self._published_state, self._published_output, self._published_at = state, output, now
+            self._power_output = output
+        elif output != self._power_output:
+            self._publish_power()
+            self._power_output = output
         elif since >= 1.0:
             self._publish_counters(now)
             self._published_at = now
@@ -270,6 +276,16 @@ class PvInverter(PhysicsOutputs, SunSpecDevice):
             cap_pct = 100.0 if ctl.cap_kw is None or wmax_kw <= 0 else 100.0 * ctl.cap_kw / wmax_kw
             publish_ac(m, AcState(p, q, self._wh, 0.0, inv, cap_pct, ctl.sources))
         self._publish_counters(now)
+
+    def _publish_power(self) -> None:
+        """Active and reactive power alone (their per-phase parts too)."""
+        m, p, q = self.map, self.physics.p_kw * 1000.0, self.physics.q_kvar * 1000.0
+        if self.legacy:
+            m.put_eng(103, "W", p)
+            m.put_eng(103, "VAr", q)
+        else:
+            put_balanced(m, 701, "W", ("WL1", "WL2", "WL3"), p)
+            put_balanced(m, 701, "Var", ("VarL1", "VarL2", "VarL3"), q)
 
     def _publish_counters(self, now: float) -> None:
         """The points that move on in steady state: energy, heartbeat, clock."""

@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import math
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from gateway.config import DeviceConfig, SiteFile
@@ -33,6 +34,7 @@ from simulators.vendor import VendorDevice
 
 LOAD_Q_RATIO = 0.2  # the site load's reactive power per kW (cos φ ≈ 0.98 lagging)
 MAX_CATCH_UP_STEPS = 20  # after a stall, run at most this many steps at once, then drop the rest
+STEP_CHUNK = 100  # devices stepped between two turns of the event loop
 
 
 class SiteSimulator:
@@ -156,7 +158,10 @@ class SiteSimulator:
             now = time.monotonic()
             steps = 0
             while next_step <= now and steps < MAX_CATCH_UP_STEPS:
-                self.step(now)
+                # a thousand devices take tens of ms a step: let the Modbus requests in between chunks
+                for _ in self._step_devices(now):
+                    await asyncio.sleep(0)
+                self._step_meter(now)
                 next_step += STEP_S
                 steps += 1
             if next_step <= now:  # a long stall: do not replay it
@@ -165,12 +170,19 @@ class SiteSimulator:
 
     def step(self, now: float) -> None:
         """One physics step of `STEP_S` for every device, then the meter."""
-        for dev in self.devices.values():
+        for _ in self._step_devices(now):
+            pass
+        self._step_meter(now)
+
+    def _step_devices(self, now: float) -> Iterator[None]:
+        """Step every device but the meter, pausing (yielding) after each STEP_CHUNK of them."""
+        for i, dev in enumerate(self.devices.values(), 1):
             if isinstance(dev, PvInverter | Dnp3PvInverter | VendorDevice):
                 dev.irradiance_pu = self.irradiance_pu
             if dev is not self.meter:
                 dev.step(now)
-        self._step_meter(now)
+            if i % STEP_CHUNK == 0:
+                yield
 
     def _step_meter(self, now: float) -> None:
         load = self.load_kw

@@ -26,7 +26,7 @@ command; it keeps what it was doing until its reversion timer acts, and the mete
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from gateway.core.limits import Bound, InForce
@@ -130,3 +130,13 @@ def _split(total_kw: float, devices: list[DeviceReading],
 def zero_commands(devices: list[DeviceReading], disconnect: bool) -> list[DeviceCommand]:
     """disconnect / cease_to_energize: every online device goes to 0 kW (and opens)."""
     return [DeviceCommand(id=d.id, p_kw=0.0, connect=not disconnect) for d in controllable(devices)]
+
+
+def pcc_at(history: Sequence[tuple[float, float]], t: float) -> float:
+    """The metered PCC power at time `t`, interpolated between the (time, kW) readings around it (the
+    first or last one outside them)."""
+    before = next((h for h in reversed(history) if h[0] <= t), history[0])
+    after = next((h for h in history if h[0] >= t), history[-1])
+    if after[0] <= before[0]:
+        return before[1]
+    return before[1] + (after[1] - before[1]) * (t - before[0]) / (after[0] - before[0])

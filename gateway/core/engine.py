@@ -254,7 +254,7 @@ class Engine:
         out = self._advance(now)
         ctrl = controllable(devices)
         dev = DeviceRange.of(ctrl)
-        load = sum(d.p_kw for d in ctrl) - meter_ok.p_kw if meter_ok else None
+        load = sum(d.p_kw for d in ctrl) - meter_ok.load_basis_kw if meter_ok else None
         ldc_lost = self._lost("ldc", now)
         eff = limits_at(st.store, params, now, ldc_lost)
         served, _ = served_at(st.store, now, params.dual_participation_priority)

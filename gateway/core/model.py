@@ -80,6 +80,13 @@ class MeterReading:
     hz: float
     online: bool
     stale: bool
+    # The PCC power when the device readings were taken (on a large site they are older than the meter's
+    # last reading), so that the load estimate Σ devices − PCC compares like with like; None: p_kw.
+    p_kw_at_devices: float | None = None
+
+    @property
+    def load_basis_kw(self) -> float:
+        return self.p_kw if self.p_kw_at_devices is None else self.p_kw_at_devices
 
 
 @dataclass(frozen=True)

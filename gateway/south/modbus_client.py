@@ -45,7 +45,16 @@ MAX_WRITE_REGISTERS = 123  # FC16 limit of the Modbus spec
 # behind a shared gateway does not cut off the others.
 SILENT_REQUESTS_BEFORE_RECONNECT = 3
 
-# Well above any per-unit timeout: ours (asyncio.wait_for) always fires first.
+# Requests in flight at once over all the buses of a pool. A thousand devices answering together would
+# hand the event loop a thousand callbacks in one turn, and an instruction arriving meanwhile would wait
+# behind all of them (receipt latency); in waves of this size a turn stays within ~10 ms, while enough
+# requests are out that slow answers (a busy device, a long round trip) do not throttle the polling.
+MAX_IN_FLIGHT = 256
+# A request still unanswered after this long gives up its place (and goes on waiting for its answer):
+# slow or dead devices must not hold the healthy ones back.
+IN_FLIGHT_HOLD_S = 0.1
+
+# Well above any per-unit timeout: ours (asyncio.timeout) always fires first.
 _PYMODBUS_TIMEOUT_S = 3600.0
 
 EXCEPTION_NAMES = {
@@ -141,12 +150,51 @@ class ModbusExceptionResponse(ModbusError):
         self.code = code
 
 
+class InFlight:
+    """Bounds the requests in flight (see MAX_IN_FLIGHT); each holds its place at most `hold_s`."""
+
+    def __init__(self, limit: int = MAX_IN_FLIGHT, hold_s: float = IN_FLIGHT_HOLD_S) -> None:
+        self.places = asyncio.Semaphore(limit)
+        self.hold_s = hold_s
+
+    def slot(self) -> _Slot:
+        return _Slot(self)
+
+
+class _Slot:
+    """One request's place: `async with in_flight.slot(): ...`."""
+
+    __slots__ = ("_held", "_limit", "_timer")
+
+    def __init__(self, limit: InFlight) -> None:
+        self._limit = limit
+        self._held = False
+        self._timer: asyncio.TimerHandle | None = None
+
+    async def __aenter__(self) -> None:
+        await self._limit.places.acquire()
+        self._held = True
+        self._timer = asyncio.get_running_loop().call_later(self._limit.hold_s, self._give_up)
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._give_up()
+
+    def _give_up(self) -> None:
+        if self._held:
+            self._held = False
+            self._limit.places.release()
+
+
 class ModbusEndpoint:
     """One bus (see `BusSpec`): its connection, shared by every unit id on it."""
 
-    def __init__(self, spec: BusSpec, *, backoff: Backoff | None = None) -> None:
+    def __init__(self, spec: BusSpec, *, backoff: Backoff | None = None,
+                 in_flight: InFlight | None = None) -> None:
         self.spec = spec
         self._backoff = backoff or Backoff()
+        self._in_flight = in_flight or InFlight()
         self._client: ModbusBaseClient | None = None
         self._lock = asyncio.Lock()
         self._silent_requests = 0
@@ -176,7 +224,7 @@ class ModbusEndpoint:
     ) -> ModbusPDU:
         """Run one request (connecting first if needed); `what` describes it for error messages."""
         where = f"{self} unit {unit_id}: {what}"
-        async with self._lock:
+        async with self._lock, self._in_flight.slot():
             client = await self._connected_client(timeout_s, where)
             quiet_s = self._quiet_until - time.monotonic()
             if quiet_s > 0:
@@ -334,8 +382,10 @@ class ModbusUnit:
 class ModbusPool:
     """Buses by key: devices on one bus (TCP endpoint or serial port) share one connection and one lock."""
 
-    def __init__(self, backoff_factory: Callable[[], Backoff] = Backoff) -> None:
+    def __init__(self, backoff_factory: Callable[[], Backoff] = Backoff,
+                 max_in_flight: int = MAX_IN_FLIGHT) -> None:
         self._backoff_factory = backoff_factory
+        self._in_flight = InFlight(max_in_flight)  # shared by every bus of the pool
         self._endpoints: dict[tuple[str, ...], ModbusEndpoint] = {}
         self._users: dict[tuple[str, ...], int] = {}
 
@@ -347,7 +397,8 @@ class ModbusPool:
         """A unit on the bus `spec` (ValueError if that bus is already in use with other settings)."""
         key = spec.key
         if key not in self._endpoints:
-            self._endpoints[key] = ModbusEndpoint(spec, backoff=self._backoff_factory())
+            self._endpoints[key] = ModbusEndpoint(spec, backoff=self._backoff_factory(),
+                                                  in_flight=self._in_flight)
             self._users[key] = 0
         elif self._endpoints[key].spec != spec:
             raise ValueError(f"{spec}: already in use with other settings: {self._endpoints[key].spec!r}")

@@ -6,12 +6,13 @@ from dataclasses import replace
 
 import pytest
 
-from gateway.core.allocation import DeviceRange, allocate, device_total, zero_commands
+from gateway.core.allocation import DeviceRange, allocate, device_total, pcc_at, zero_commands
+from gateway.core.engine import Engine
 from gateway.core.limits import UNLIMITED, Bound, InForce
-from gateway.core.model import Serving
+from gateway.core.model import MeterReading, Serving
 from gateway.core.outbound import Effective
 from gateway.core.report import telemetry
-from tests.core.script import Site, battery, pv
+from tests.core.script import PARAMS, T0, Site, battery, pv
 
 PVS = [pv("pv1", 225.0), pv("pv2", 75.0)]
 BESS = [battery("b1", 100.0, 150.0), battery("b2", 50.0, 50.0)]
@@ -111,3 +112,23 @@ def test_telemetry_content_comes_from_the_cycle_and_the_readings() -> None:
                                                           ("bess1", pytest.approx(-90.0))]
     offline = telemetry("site-1", 43, site.now, c, replace(site.meter(), online=False), devices)
     assert (offline.site.p_kw, offline.site.v_pu) == (None, None)
+
+
+def test_pcc_at_interpolates_the_meter_readings_around_a_time() -> None:
+    history = [(10.0, 100.0), (11.0, 300.0), (12.0, 200.0)]
+    assert pcc_at(history, 10.5) == pytest.approx(200.0)
+    assert pcc_at(history, 11.75) == pytest.approx(225.0)
+    assert pcc_at(history, 11.0) == 300.0
+    assert pcc_at(history, 5.0) == 100.0  # before the first reading: the first
+    assert pcc_at(history, 20.0) == 200.0  # after the last: the last
+
+
+def test_the_load_estimate_takes_the_pcc_at_the_time_of_the_device_readings() -> None:
+    # The devices were read while the PCC was 300 kW; the meter has since moved to 100 kW as the
+    # output ramped. Σ devices − 100 would take 200 kW of ramp for load; the PCC at their time does not.
+    devices = [replace(pv("pv1", 225.0), p_kw=200.0), replace(pv("pv2", 225.0), p_kw=220.0)]
+    engine = Engine(PARAMS, T0)
+    meter = MeterReading(100.0, 0.0, 1.0, 60.0, True, False, p_kw_at_devices=300.0)
+    assert engine.cycle(T0, meter, devices).decision.load_kw == pytest.approx(120.0)
+    without = MeterReading(100.0, 0.0, 1.0, 60.0, True, False)
+    assert Engine(PARAMS, T0).cycle(T0, without, devices).decision.load_kw == pytest.approx(320.0)

@@ -90,7 +90,8 @@ async def test_rebooted_device_gets_its_setpoint_again(rig: Rig) -> None:
     # while pv1 is rebooting it produces nothing, and on restart it enters service with a ramp, so its
     # missing limit never shows at the PCC above the envelope
     assert highest <= LIMIT + TOL
-    writes = [w for w in audit(rig, "write") if w["device_id"] == "pv1" and w["point"] == "704.WMaxLimPct"]
+    writes = [w for w in audit(rig, "write")
+              if w.get("device_id") == "pv1" and w["point"] == "704.WMaxLimPct"]  # heartbeats: "devices"
     assert writes[-1]["result"] == "ok" and writes[-1]["purpose"] in ("reapply", "setpoint")
 
 

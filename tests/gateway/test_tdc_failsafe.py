@@ -280,11 +280,14 @@ async def test_tdc_23_every_message_decision_and_write_is_in_the_audit_log(rig: 
     assert any(json.loads(r["payload"])["target_kw"] == 200.0 for r in inbound if r.get("id") == "d-23")
     decisions = [r for k, r in records if k == "decision"]
     assert any(r["export_binding"] == "envelope:e-23" and r["target_kw"] == 100.0 for r in decisions)
-    writes = [r for k, r in records if k == "write"]
+    beats = [r for k, r in records if k == "write" and r["purpose"] == "heartbeat"]
+    writes = [r for k, r in records if k == "write" and r["purpose"] != "heartbeat"]
     assert any(
         w["device_id"] == "pv1" and w["point"] == "704.WMaxLimPct" and w["result"] == "ok" for w in writes
     )
     assert any(w["device_id"] == "bess1" and w["point"] == "704.WSet" for w in writes)
+    # the 715 heartbeats that went through: a record a cycle, naming each device and the value written
+    assert any(b["point"] == "715.ControllerHb" and b["devices"].get("pv1", 0) > 0 for b in beats)
     outbound = [r for k, r in records if k == "outbound"]
     assert any(
         '"status":"constrained"' in r["payload"] and r["topic"] == "gateway/response/ieso" for r in outbound
