@@ -73,13 +73,15 @@ def device_window(eff: InForce, dev: DeviceRange | None) -> tuple[Bound, Bound]:
 
 
 def device_total(target_kw: float, load_kw: float | None, eff: InForce, dev: DeviceRange,
-                 margin_kw: float) -> float:
-    """The devices' total for a PCC target: `margin_kw` inside the PCC limits, within the hard bounds."""
+                 margin_kw: float, export_load_kw: float | None = None) -> float:
+    """The devices' total for a PCC target: `margin_kw` inside the PCC limits, within the hard bounds.
+    `export_load_kw`: the load credited against the export limit, if not `load_kw` (see Engine.cycle)."""
     load = load_kw or 0.0
+    export_load = load if export_load_kw is None else export_load_kw
     top, bottom = eff.export.kw - margin_kw, -eff.import_.kw + margin_kw
     if bottom > top:  # a band narrower than twice the margin (e.g. isolation, 0/0): aim at its middle
         top = bottom = (eff.export.kw - eff.import_.kw) / 2
-    total = min(max(target_kw, bottom), top) + load
+    total = min(max(target_kw + load, bottom + load), top + export_load)
     lo, hi = device_window(eff, dev)
     return min(max(total, lo.kw), hi.kw)
 

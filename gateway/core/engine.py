@@ -118,6 +118,7 @@ class SiteView:
 
     dev: DeviceRange
     load_kw: float
+    metered_load_kw: float | None = None  # the estimate itself: None without a usable meter
 
 
 @dataclass
@@ -260,14 +261,19 @@ class Engine:
         served, _ = served_at(st.store, now, params.dual_participation_priority)
         requested = self._requested(served, dev, load, now)
         target = pcc_target(requested, eff, dev, load or 0.0)
-        total = device_total(target.kw, load, eff, dev, params.limit_margin_kw)
-        room = limit_room(total, load, eff, params.limit_margin_kw)
+        # A rise of the load estimate lets the devices produce more under the export limit: it counts
+        # from the second cycle that sees it (device readings late against the meter's can fake one
+        # for a cycle on a large site); a fall counts at once.
+        prev = st.view.metered_load_kw if st.view is not None else None
+        export_load = load if load is None or prev is None else min(load, prev)
+        total = device_total(target.kw, load, eff, dev, params.limit_margin_kw, export_load)
+        room = limit_room(total, export_load, eff, params.limit_margin_kw)
         commands = (zero_commands(devices, eff.disconnect) if eff.zeroed_by
                     else allocate(total, ctrl, eff, room))
 
         ramping = served is not None and getattr(served.msg, "ramp_kw_per_min", None)
         st.ramp = Ramp(served.msg.id, target.kw, now) if served and ramping else None
-        st.view = SiteView(dev, load or 0.0)
+        st.view = SiteView(dev, load or 0.0, load)
         st.constrained = abs(requested.kw - target.kw) > params.target_tolerance_kw
         mode = _mode(self._overridden(now), ldc_lost, st.constrained)
         serving = [Serving(served.msg.id, target.kw)] if served and not eff.zeroed_by else []

@@ -47,9 +47,9 @@ SILENT_REQUESTS_BEFORE_RECONNECT = 3
 
 # Requests in flight at once over all the buses of a pool. A thousand devices answering together would
 # hand the event loop a thousand callbacks in one turn, and an instruction arriving meanwhile would wait
-# behind all of them (receipt latency); in waves of this size a turn stays within ~10 ms, while enough
+# behind all of them (receipt latency); in waves of this size a turn stays within ~5 ms, while enough
 # requests are out that slow answers (a busy device, a long round trip) do not throttle the polling.
-MAX_IN_FLIGHT = 256
+MAX_IN_FLIGHT = 128
 # A request still unanswered after this long gives up its place (and goes on waiting for its answer):
 # slow or dead devices must not hold the healthy ones back.
 IN_FLIGHT_HOLD_S = 0.1
