@@ -260,7 +260,7 @@ class MeterWatch:
         }
 
 
-async def poll_throughput(site_file: Path, rounds: int, trials: int = 3) -> dict:
+async def poll_throughput(site_file: Path, rounds: int, trials: int = 5) -> dict:
     """Requests/s of the gateway's driver reading every device, and of bare pymodbus making the same
     requests (one client per device, as the driver has): trials alternate, the median of each counts."""
     site = load_site(site_file)
