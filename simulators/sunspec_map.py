@@ -106,6 +106,13 @@ class SunSpecMap:
                 if raw is not None and p.access == "RW" and (mid, name) not in locked:
                     start = address - base
                     self._writable[start : start + p.size] = b"\x01" * p.size
+        # the writable point each register belongs to (offset from base): a write finds what it touched
+        self._writable_point: dict[int, tuple[int, str]] = {
+            addr - base + i: key
+            for key, (addr, p) in self._points.items()
+            if self._writable[addr - base]
+            for i in range(p.size)
+        }
 
     @property
     def end(self) -> int:
@@ -189,11 +196,7 @@ class SunSpecMap:
         start = address - self.base
         applied = [v if self._writable[start + i] else self.regs[start + i] for i, v in enumerate(values)]
         self.regs[start : start + len(applied)] = applied
-        touched = {
-            key
-            for key, (addr, p) in self._points.items()
-            if addr < address + len(values) and address < addr + p.size and self._writable[addr - self.base]
-        }
+        touched = {key for i in range(start, start + len(values)) if (key := self._writable_point.get(i))}
         if touched:
             self.controls_version += 1
         return applied, touched

@@ -83,12 +83,17 @@ def model_def(model_id: int) -> ModelDef:
     return ModelDef(id=model_id, name=m.gname or str(model_id), length=m.len - 2, points=points)
 
 
+@cache
+def _registers(count: int) -> struct.Struct:
+    return struct.Struct(f">{count}H")
+
+
 def _to_bytes(regs: Sequence[int]) -> bytes:
-    return struct.pack(f">{len(regs)}H", *regs)
+    return _registers(len(regs)).pack(*regs)
 
 
 def _to_regs(data: bytes) -> list[int]:
-    return list(struct.unpack(f">{len(data) // 2}H", data))
+    return list(_registers(len(data) // 2).unpack(data))
 
 
 def decode(point: PointDef, regs: Sequence[int]) -> Value | None:
