@@ -46,11 +46,19 @@ async def _simulate(site: SiteFile, live: bool, out: TextIO) -> int:
     return 0
 
 
+LISTED_DEVICES = 12  # a larger site is summed up: a thousand endpoints on one line help nobody
+
+
 def _listening_line(sim: SiteSimulator) -> str:
     parts = []
-    for cfg in sim.site.devices:
+    devices = sim.site.devices
+    for cfg in devices[:LISTED_DEVICES]:
         variant = f"/{cfg.sim.variant}" if cfg.kind == "pv" else ""
         parts.append(f"{cfg.id} ({cfg.kind}{variant}) {cfg.host}:{cfg.port} unit {cfg.unit_id}")
+    if len(devices) > LISTED_DEVICES:
+        rest = devices[LISTED_DEVICES:]
+        kinds = ", ".join(f"{sum(d.kind == k for d in rest)} {k}" for k in sorted({d.kind for d in rest}))
+        parts.append(f"and {len(rest)} more ({kinds}; every endpoint in the site file)")
     control = sim.site.simulator.control_port
     tail = f"; control socket 127.0.0.1:{control}" if control else ""
     return f"simulating site {sim.site.site.id}: " + ", ".join(parts) + tail + " — Ctrl-C to stop"

@@ -10,6 +10,10 @@ from pathlib import Path
 import pytest
 
 from gateway.config import SiteFile
+from simulators.example_site import example_site
+from simulators.mosquitto import free_port
+from simulators.run import LISTED_DEVICES, _listening_line
+from simulators.site import SiteSimulator
 from tests.simulators.util import eventually
 
 pytestmark = pytest.mark.asyncio
@@ -63,3 +67,12 @@ async def test_simulate_serves_and_stops_cleanly(
     assert "simulators stopped" in text
     assert "Traceback" not in text
     assert not any([await accepts(p) for p in ports(site)])
+
+
+async def test_a_large_site_is_summed_up_on_the_listening_line() -> None:
+    site = example_site()
+    extra = [site.devices[0].model_copy(update={"id": f"pvx{i}", "port": free_port()}) for i in range(20)]
+    big = site.model_copy(update={"devices": [*site.devices, *extra]})
+    line = _listening_line(SiteSimulator(big))
+    assert f"and {len(big.devices) - LISTED_DEVICES} more (" in line
+    assert "pvx19" not in line and line.count(" unit ") == LISTED_DEVICES
