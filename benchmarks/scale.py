@@ -419,14 +419,10 @@ def plot(results: list[dict], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     n = [r["devices"] for r in results]
-    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4))
+    fig, (a, b, c) = plt.subplots(1, 3, figsize=(14, 4))
     a.plot(n, [r["receipt_ms"]["p99"] for r in results], "o-", label="received p99")
-    a.plot(
-        n,
-        [r["all_written_ms"]["p99"] or float("nan") for r in results],
-        "s-",
-        label="every device written p99",
-    )
+    a.plot(n, [r["all_written_ms"]["p99"] or float("nan") for r in results], "s-",
+           label="every device written p99")
     a.axhline(50, ls=":", c="C0")
     a.axhline(1000, ls=":", c="C1")
     a.set(xscale="log", yscale="log", xlabel="devices", ylabel="ms", title="latency from the broker")
@@ -437,6 +433,16 @@ def plot(results: list[dict], path: Path) -> None:
     b.axhline(150, ls=":", c="C1")
     b.set(xscale="log", xlabel="devices", title="throughput and memory")
     b.legend()
+    c.plot(n, [100 * r["gateway"]["meter"]["max_export_kw"] / r["gateway"]["meter"]["export_cap_kw"]
+               for r in results], "o-", label="worst PCC export, % of the cap")
+    c.plot(n, [100 * r["with_faulty_devices"]["meter"]["max_export_kw"]
+               / r["with_faulty_devices"]["meter"]["export_cap_kw"] for r in results], "s-",
+           label="the same, 1 % of devices faulty")
+    c.plot(n, [100 * r["gateway"]["control_cycles"]["p99_at_most_s"] for r in results], "^-",
+           label="control cycle p99, % of the interval")
+    c.axhline(100, ls=":", c="k")
+    c.set(xscale="log", xlabel="devices", title="the control loop under load")
+    c.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
