@@ -207,8 +207,10 @@ class Gateway:
 
     async def _publish(self, encoded: list[Encoded]) -> None:
         async with self._publish_lock:
-            for suffix, payload in encoded:
-                await self.link.publish(suffix, payload, retain=suffix.endswith("availability"))
+            # Pipelined: the publishes leave in call order (MQTT keeps a session's QoS 1 order), and the
+            # lock is held for one broker round trip, not one per message.
+            await asyncio.gather(*(self.link.publish(suffix, payload, retain=suffix.endswith("availability"))
+                                   for suffix, payload in encoded))
 
     # ---- the control cycle -----------------------------------------------------------------------------
     def _readings(self) -> tuple[MeterReading | None, list[DeviceReading]]:

@@ -81,7 +81,8 @@ def device_total(target_kw: float, load_kw: float | None, eff: InForce, dev: Dev
     top, bottom = eff.export.kw - margin_kw, -eff.import_.kw + margin_kw
     if bottom > top:  # a band narrower than twice the margin (e.g. isolation, 0/0): aim at its middle
         top = bottom = (eff.export.kw - eff.import_.kw) / 2
-    total = min(max(target_kw + load, bottom + load), top + export_load)
+    # a smaller export credit never takes the total below what the import limit needs
+    total = min(max(target_kw + load, bottom + load), max(top + export_load, bottom + load))
     lo, hi = device_window(eff, dev)
     return min(max(total, lo.kw), hi.kw)
 
