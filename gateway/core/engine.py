@@ -119,7 +119,6 @@ class SiteView:
     dev: DeviceRange
     load_kw: float
     metered_load_kw: float | None = None  # the estimate itself: None without a usable meter
-    device_total_kw: float | None = None  # what the devices were asked for (Σ commands)
 
 
 @dataclass
@@ -262,17 +261,11 @@ class Engine:
         served, _ = served_at(st.store, now, params.dual_participation_priority)
         requested = self._requested(served, dev, load, now)
         target = pcc_target(requested, eff, dev, load or 0.0)
-        # The load credited against the export limit, where device readings late against the meter's
-        # (a large site) could overstate it: a rise of the estimate counts from the second cycle that
-        # sees it (a fall at once); and it is never more than the last total asked of the devices
-        # minus the PCC now, which is the load once they have got there: an export above the limit
-        # then takes the devices down by the excess, whatever their readings say.
-        export_load, view = load, st.view
-        if load is not None and meter_ok is not None and view is not None:
-            if view.metered_load_kw is not None:
-                export_load = min(export_load, view.metered_load_kw)
-            if view.device_total_kw is not None:
-                export_load = min(export_load, view.device_total_kw - meter_ok.p_kw)
+        # A rise of the load estimate lets the devices produce more under the export limit: it counts
+        # from the second cycle that sees it (device readings late against the meter's can fake one
+        # for a cycle on a large site); a fall counts at once.
+        prev = st.view.metered_load_kw if st.view is not None else None
+        export_load = load if load is None or prev is None else min(load, prev)
         total = device_total(target.kw, load, eff, dev, params.limit_margin_kw, export_load)
         room = limit_room(total, export_load, eff, params.limit_margin_kw)
         commands = (zero_commands(devices, eff.disconnect) if eff.zeroed_by
@@ -280,7 +273,7 @@ class Engine:
 
         ramping = served is not None and getattr(served.msg, "ramp_kw_per_min", None)
         st.ramp = Ramp(served.msg.id, target.kw, now) if served and ramping else None
-        st.view = SiteView(dev, load or 0.0, load, sum(c.p_kw for c in commands))
+        st.view = SiteView(dev, load or 0.0, load)
         st.constrained = abs(requested.kw - target.kw) > params.target_tolerance_kw
         mode = _mode(self._overridden(now), ldc_lost, st.constrained)
         serving = [Serving(served.msg.id, target.kw)] if served and not eff.zeroed_by else []
