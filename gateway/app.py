@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import json
 import logging
 import time
@@ -38,7 +37,6 @@ from gateway.web.server import attach_web
 log = logging.getLogger(__name__)
 
 REPLAY_BATCH = 200  # telemetry messages in flight at once when the outbox is replayed
-GC_THRESHOLDS = (50_000, 50, 100)  # gen0 allocations, gen1 and gen2 collections (defaults 700, 10, 10)
 METER_HISTORY = 32  # meter readings kept: more than the age of any device reading still in use
 
 
@@ -161,6 +159,7 @@ class Gateway:
         self._online: dict[str, bool] = {}
         self.last_cycle_s = 0.0  # how long the last control cycle took (read, decide, hand out writes)
         self.on_cycle_time: Callable[[float], None] | None = None  # told each cycle's duration (/metrics)
+        self.started_up = asyncio.Event()  # set once every device has been read, or has failed to be
         self._last_status: Status | None = None
         self.started = time.monotonic()
         # Called after every control cycle (e.g. the SCADA outstation's points, the status page).
@@ -282,7 +281,6 @@ class Gateway:
         """A cycle every interval on a fixed schedule (no drift), and one at once on an instruction."""
         loop = asyncio.get_running_loop()
         next_at = loop.time()
-        frozen = False
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), max(0.0, next_at - loop.time()))
@@ -296,16 +294,9 @@ class Gateway:
             self.last_cycle_s = loop.time() - started
             if self.on_cycle_time is not None:
                 self.on_cycle_time(self.last_cycle_s)
-            if not frozen and all(p.reading is not None or p.device.last_error is not None
-                                  for p in self.pollers.values()):
-                # Startup is over: what exists now (profiles, connections, the store) lives as long as
-                # the process. Out of the cyclic collector's sight, it no longer makes each full
-                # collection (which pauses the loop, and every instruction waiting) last ~100 ms; and
-                # collections are made rarer: at a thousand devices, the default thresholds had the
-                # collector run 70 times a second and take 15 % of the gateway's time (measured).
-                gc.freeze()
-                gc.set_threshold(*GC_THRESHOLDS)
-                frozen = True
+            if not self.started_up.is_set() and all(p.reading is not None or p.device.last_error is not None
+                                                    for p in self.pollers.values()):
+                self.started_up.set()
             if self.last_cycle_s > self.interval_s:
                 log.warning("control cycle took %.2f s, longer than control_interval_s = %.2f s",
                             self.last_cycle_s, self.interval_s)

@@ -121,14 +121,19 @@ class AcState:
     throttle_src: int
 
 
+def publish_power(m: SunSpecMap, p_w: float, q_var: float) -> None:
+    """701 active and reactive power, with their per-phase parts."""
+    put_balanced(m, 701, "W", ("WL1", "WL2", "WL3"), p_w)
+    put_balanced(m, 701, "Var", ("VarL1", "VarL2", "VarL3"), q_var)
+
+
 def publish_ac(m: SunSpecMap, st: AcState) -> None:
     """701 from the physics: balanced three-phase values, states and throttling."""
     p, q = st.p_w, st.q_var
     s = math.hypot(p, q)
     pf = power_factor(p, q)
-    put_balanced(m, 701, "W", ("WL1", "WL2", "WL3"), p)
+    publish_power(m, p, q)
     put_balanced(m, 701, "VA", ("VAL1", "VAL2", "VAL3"), s)
-    put_balanced(m, 701, "Var", ("VarL1", "VarL2", "VarL3"), q)
     put_balanced(m, 701, "A", ("AL1", "AL2", "AL3"), s / V_NOM_LN)
     pf_raw = m.raw_for(701, "PF", pf)
     for name in ("PF", "PFL1", "PFL2", "PFL3"):

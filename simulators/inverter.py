@@ -44,6 +44,7 @@ from simulators.der_models import (
     capacity_model,
     measure_ac_model,
     publish_ac,
+    publish_power,
 )
 from simulators.device import (
     DISABLED,
@@ -284,8 +285,7 @@ class PvInverter(PhysicsOutputs, SunSpecDevice):
             m.put_eng(103, "W", p)
             m.put_eng(103, "VAr", q)
         else:
-            put_balanced(m, 701, "W", ("WL1", "WL2", "WL3"), p)
-            put_balanced(m, 701, "Var", ("VarL1", "VarL2", "VarL3"), q)
+            publish_power(m, p, q)
 
     def _publish_counters(self, now: float) -> None:
         """The points that move on in steady state: energy, heartbeat, clock."""

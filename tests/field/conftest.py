@@ -5,31 +5,19 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest_asyncio
 import tomli_w
 
-from gateway.config import SiteFile, load_site
-from gateway.south.device import Device, WriteRecord
+from gateway.config import load_site
 from gateway.south.factory import build_devices
 from simulators.serial_pty import PtyPair
 from simulators.site import SiteSimulator
+from tests.support.driven_site import DrivenSite
 
 FAST_SIM = {"physics": "light", "response_time_s": 0.2}
-
-
-@dataclass
-class Field:
-    config: SiteFile
-    sim: SiteSimulator
-    devices: dict[str, Device]
-    writes: list[WriteRecord] = field(default_factory=list)
-
-    def writes_to(self, device_id: str) -> list[WriteRecord]:
-        return [w for w in self.writes if w.device_id == device_id]
 
 
 def rtu(line: PtyPair, unit_id: int, **device: Any) -> dict[str, Any]:
@@ -56,11 +44,11 @@ async def line(tmp_path: Path) -> AsyncIterator[Callable[[str], Awaitable[PtyPai
 
 
 @pytest_asyncio.fixture
-async def field_site(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Field]]]:
+async def field_site(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[DrivenSite]]]:
     """`await field_site(devices=[...])`: a site of exactly these devices, simulated, drivers connected."""
-    running: list[Field] = []
+    running: list[DrivenSite] = []
 
-    async def _run(devices: list[dict[str, Any]], *, connect: bool = True) -> Field:
+    async def _run(devices: list[dict[str, Any]], *, connect: bool = True) -> DrivenSite:
         data = {
             "site": {"id": "field", "resource_id": "DER-FIELD", "export_cap_kw": 1000.0,
                      "import_cap_kw": 1000.0, "control_interval_s": 0.5},
@@ -72,7 +60,7 @@ async def field_site(tmp_path: Path) -> AsyncIterator[Callable[..., Awaitable[Fi
         cfg = load_site(path)
         sim = SiteSimulator(cfg)
         await sim.start()
-        f = Field(cfg, sim, {})
+        f = DrivenSite(cfg, sim, {})
         running.append(f)
         f.devices = {d.id: d for d in build_devices(cfg, on_write=f.writes.append)}
         if connect:

@@ -6,43 +6,32 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest_asyncio
 from sunspec2.modbus.client import SunSpecModbusClientDeviceTCP
 
 from gateway.config import SiteFile
-from gateway.south.device import Device, WriteRecord
+from gateway.south.device import Device
 from gateway.south.factory import build_devices
 from simulators.site import SiteSimulator
-
-
-@dataclass
-class Site:
-    config: SiteFile
-    sim: SiteSimulator
-    devices: dict[str, Device]
-    writes: list[WriteRecord] = field(default_factory=list)
-
-    def writes_to(self, device_id: str, point: str | None = None) -> list[WriteRecord]:
-        return [w for w in self.writes if w.device_id == device_id and (point is None or w.point == point)]
+from tests.support.driven_site import DrivenSite
 
 
 @pytest_asyncio.fixture
 async def run_site(
     make_site: Callable[..., tuple[SiteFile, Any]],
-) -> AsyncIterator[Callable[..., Awaitable[Site]]]:
+) -> AsyncIterator[Callable[..., Awaitable[DrivenSite]]]:
     """`await run_site(**overrides)`: the example site (overrides as for `make_site`) simulated on free
     ports, with the gateway's drivers built and connected."""
-    sites: list[Site] = []
+    sites: list[DrivenSite] = []
 
-    async def _run(**overrides: Any) -> Site:
+    async def _run(**overrides: Any) -> DrivenSite:
         cfg, _ = make_site(**overrides)
         cfg.devices = [d for d in cfg.devices if d.protocol == "sunspec"]  # DNP3 has tests/dnp3
         sim = SiteSimulator(cfg)
         await sim.start()
-        site = Site(cfg, sim, {})
+        site = DrivenSite(cfg, sim, {})
         sites.append(site)
         site.devices = {d.id: d for d in build_devices(cfg, on_write=site.writes.append)}
         connected = await asyncio.gather(*(d.connect() for d in site.devices.values()))
