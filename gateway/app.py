@@ -21,7 +21,7 @@ from typing import Any
 from gateway import __version__
 from gateway.config import SiteFile
 from gateway.core import report
-from gateway.core.allocation import pcc_at
+from gateway.core.allocation import pcc_at, readings_time
 from gateway.core.engine import Cycle, Engine
 from gateway.core.model import DeviceCommand, DeviceReading, Invalid, Limits, MeterReading, SiteParams
 from gateway.core.model import Inbound as CoreInbound
@@ -69,6 +69,7 @@ class DevicePoller:
     def __init__(self, device: Device, read_deadline_s: float) -> None:
         self.device = device
         self.reading: Reading | None = None
+        self.previous: Reading | None = None  # the reading before `reading`: how fast the output moves
         self.command: DeviceCommand | None = None
         self.read_deadline_s = read_deadline_s
         # Its last read outlasted the cycle's read deadline: cycles stop waiting for it (its last
@@ -96,7 +97,7 @@ class DevicePoller:
         if self.on_read is not None:
             self.on_read(self.device, reading, seconds, error_before)
         if reading is not None:
-            self.reading = reading
+            self.previous, self.reading = self.reading, reading
 
     def give(self, command: DeviceCommand) -> None:
         self.command = command
@@ -215,7 +216,8 @@ class Gateway:
     def _readings(self) -> tuple[MeterReading | None, list[DeviceReading]]:
         meter: MeterReading | None = None
         devices: list[DeviceReading] = []
-        read_at: list[float] = []  # when the readings of the devices that count were taken
+        # when the readings of the devices that count were taken, and how fast each device was moving
+        read_at: list[tuple[float, float]] = []
         for dev_id, poller in self.pollers.items():
             r, dev = poller.reading, poller.device
             if dev_id == self.meter_id:
@@ -232,12 +234,15 @@ class Gateway:
                 max_charge_kw=r.max_charge_kw, soc_pct=r.soc_pct, connected=bool(r.connected),
             ))
             if dev.online:
-                read_at.append(r.at)
+                before, rate = poller.previous, 0.0
+                if before is not None and r.at > before.at:
+                    rate = abs(r.p_kw - before.p_kw) / (r.at - before.at)
+                read_at.append((r.at, rate))
         r, dev = self.pollers[self.meter_id].reading, self.pollers[self.meter_id].device
         if r is not None:
             if not self._meter_history or self._meter_history[-1][0] != r.at:
                 self._meter_history.append((r.at, r.p_kw))
-            at_devices = pcc_at(self._meter_history, sum(read_at) / len(read_at)) if read_at else None
+            at_devices = pcc_at(self._meter_history, readings_time(read_at)) if read_at else None
             # 20x meter models carry no nominal voltage, so v_pu may be unknown: 1.0 is reported.
             meter = MeterReading(p_kw=r.p_kw, q_kvar=r.q_kvar or 0.0, v_pu=r.v_pu or 1.0, hz=r.hz or 60.0,
                                  online=dev.online, stale=dev.stale, p_kw_at_devices=at_devices)

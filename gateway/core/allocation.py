@@ -135,6 +135,19 @@ def zero_commands(devices: list[DeviceReading], disconnect: bool) -> list[Device
     return [DeviceCommand(id=d.id, p_kw=0.0, connect=not disconnect) for d in controllable(devices)]
 
 
+def readings_time(reads: Sequence[tuple[float, float]]) -> float:
+    """When to take the PCC against the sum of device readings taken at different times, from each
+    reading's (time, how fast that device's output was moving, kW/s).
+
+    Σ devices − PCC(t) is the load only if every device's output at its read time is its output at t:
+    a steady device's is, whenever it was read, so t is the readings' time weighted by how fast each
+    moves (right to first order while some ramp); the plain mean when none moves."""
+    moving = sum(rate for _, rate in reads)
+    if moving > 0:
+        return sum(at * rate for at, rate in reads) / moving
+    return sum(at for at, _ in reads) / len(reads)
+
+
 def pcc_at(history: Sequence[tuple[float, float]], t: float) -> float:
     """The metered PCC power at time `t`, interpolated between the (time, kW) readings around it (the
     first or last one outside them)."""

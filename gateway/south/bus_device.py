@@ -86,9 +86,16 @@ class RegisterImage:
     """The registers read in one cycle, as contiguous spans of the holding (FC3) and input (FC4) tables."""
 
     def __init__(
-        self, spans: Sequence[tuple[int, list[int]]], input_spans: Sequence[tuple[int, list[int]]] = ()
+        self, spans: Sequence[tuple[int, list[int]]], input_spans: Sequence[tuple[int, list[int]]] = (),
+        started: float | None = None,
     ) -> None:
         self._spans = {"holding": spans, "input": input_spans}
+        # When the registers were sampled (time.monotonic()): between the first request (`started`) and
+        # the last answer (now, as the image is made of the answers), taken as the middle. The load
+        # estimate pairs it with the meter's time, and while the output ramps, each request's worth of
+        # error is many kW.
+        now = time.monotonic()
+        self.at = now if started is None else (started + now) / 2
 
     def regs(self, address: int, size: int, table: Table = "holding") -> list[int]:
         for start, regs in self._spans[table]:
@@ -266,7 +273,7 @@ class BusDevice(Device):
 
     # --- reading ------------------------------------------------------------------------------------
 
-    def _reading_from(self, q: Quantities) -> Reading:
+    def _reading_from(self, q: Quantities, image: RegisterImage) -> Reading:
         """A `Reading` in the gateway's sign convention, with what the device does not say estimated."""
         if q.p_w is None:
             raise DeviceFault(self.id, "the device reports its active power as not implemented")
@@ -301,7 +308,7 @@ class BusDevice(Device):
             connected=q.connected,
             limit_pct=q.limit_pct,
             setpoint_kw=setpoint_kw,
-            at=time.monotonic(),
+            at=image.at,
         )
 
     def _lost_power_command(self, image: RegisterImage, read_started: float) -> bool:

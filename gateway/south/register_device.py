@@ -14,6 +14,7 @@ to it (the profile's `min`/`max`), never written as given.
 
 from __future__ import annotations
 
+import time
 from functools import cached_property
 from pathlib import Path
 
@@ -83,12 +84,13 @@ class RegisterDevice(BusDevice):
             raise DeviceFault(self.id, f"{cause} ({hint})") from err
 
     async def _read_image(self) -> RegisterImage:
+        started = time.monotonic()
         with self._translated("read"):
             read = {
                 table: [(start, await self._unit.read(start, count, table)) for start, count in requests]
                 for table, requests in self._spans.items()
             }
-        self._image = RegisterImage(read["holding"], read["input"])
+        self._image = RegisterImage(read["holding"], read["input"], started)
         return self._image
 
     def _reading(self, image: RegisterImage) -> Reading:
@@ -101,7 +103,7 @@ class RegisterDevice(BusDevice):
             connected = raw in p.read.connected.true_if
         limit_pct, setpoint_w = self._read_back(image)
         return self._reading_from(Quantities(**read, connected=connected, limit_pct=limit_pct,
-                                             setpoint_w=setpoint_w))
+                                             setpoint_w=setpoint_w), image)
 
     def _read_back(self, image: RegisterImage) -> tuple[float | None, float | None]:
         """(limit in %, setpoint in device W) in force, if the device lets us read its command."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import struct
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,8 +119,8 @@ class Bound:
 class Image(RegisterImage):
     """The registers read in one cycle, as contiguous spans, decoded as SunSpec points."""
 
-    def __init__(self, spans: Sequence[tuple[int, list[int]]]) -> None:
-        super().__init__(spans)
+    def __init__(self, spans: Sequence[tuple[int, list[int]]], started: float | None = None) -> None:
+        super().__init__(spans, started=started)
         # each point decoded once per read: a scale factor serves several values
         self._raw: dict[int, Value | None] = {}
 
@@ -307,9 +308,10 @@ class SunSpecDevice(BusDevice):
         )
 
     async def _read_image(self) -> Image:
+        started = time.monotonic()
         with self._translated("read"):
             spans = [(start, await self._unit.read(start, count)) for start, count in self._spans]
-        self._image = Image(spans)
+        self._image = Image(spans, started=started)
         return self._image
 
     def _first(self, field: str, image: RegisterImage) -> float | None:
@@ -352,7 +354,7 @@ class SunSpecDevice(BusDevice):
             connected=self._status(image),
             limit_pct=limit_pct,
             setpoint_w=setpoint_w,
-        ))
+        ), image)
 
     def _read_back(self, image: Image) -> tuple[float | None, float | None]:
         """(limit in %, setpoint in device W) in force according to the device's control registers."""

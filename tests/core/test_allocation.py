@@ -6,7 +6,7 @@ from dataclasses import replace
 
 import pytest
 
-from gateway.core.allocation import DeviceRange, allocate, device_total, pcc_at, zero_commands
+from gateway.core.allocation import DeviceRange, allocate, device_total, pcc_at, readings_time, zero_commands
 from gateway.core.engine import Engine
 from gateway.core.limits import UNLIMITED, Bound, InForce
 from gateway.core.model import MeterReading, Serving
@@ -121,6 +121,15 @@ def test_pcc_at_interpolates_the_meter_readings_around_a_time() -> None:
     assert pcc_at(history, 11.0) == 300.0
     assert pcc_at(history, 5.0) == 100.0  # before the first reading: the first
     assert pcc_at(history, 20.0) == 200.0  # after the last: the last
+
+
+def test_the_pcc_is_taken_at_the_time_of_the_readings_of_the_devices_that_move() -> None:
+    # Three PV steady, read at 10.0-10.2; the battery ramping at 200 kW/s, read at 10.6: Σ devices is
+    # right against the PCC at 10.6, whenever the steady ones were read.
+    reads = [(10.0, 0.0), (10.1, 0.0), (10.2, 0.0), (10.6, 200.0)]
+    assert readings_time(reads) == pytest.approx(10.6)
+    assert readings_time([(10.0, 100.0), (11.0, 300.0)]) == pytest.approx(10.75)
+    assert readings_time([(10.0, 0.0), (11.0, 0.0)]) == pytest.approx(10.5)  # nothing moves: the mean
 
 
 def test_the_load_estimate_takes_the_pcc_at_the_time_of_the_device_readings() -> None:
