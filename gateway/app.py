@@ -252,9 +252,15 @@ class Gateway:
         # Every cycle reads every device, the one an instruction triggers too: the load estimate
         # (Σ devices − meter) is only right on readings taken together, and a hold starts from the
         # metered export now.
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.read_deadline_s
         reads = [t for t in (p.start_read() for p in self._read_order) if t is not None]
+        # While the reads are out: the device writes since the last cycle into the audit log, a batch at
+        # a time, an instruction's answer going out between two batches.
+        for _ in self.journal.writes(utcnow()):
+            await asyncio.sleep(0)
         if reads:
-            await asyncio.wait(reads, timeout=self.read_deadline_s)
+            await asyncio.wait(reads, timeout=max(0.0, deadline - loop.time()))
         now = utcnow()
         meter, devices = self._readings()
         cycle = self.engine.cycle(now, meter, devices)

@@ -4,8 +4,9 @@
   transaction *before* any response is published, so an accepted instruction survives a crash and a
   restarted gateway never answers it twice as new (TDC-19).
 - A control cycle: the decision (inputs, binding limit, result) when it differs from the last one, the
-  device writes since the last cycle (the heartbeats that went through as one record), the outbound
-  messages, and the core's state when it changed.
+  outbound messages, and the core's state when it changed.
+- Device writes: at the start of the next cycle, a record per write request with the points it wrote
+  (the heartbeats that went through as one record), a few hundred a transaction.
 - Telemetry: into the outbox first, out of it once the broker has taken it.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import fields
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,7 +28,21 @@ log = logging.getLogger(__name__)
 Encoded = tuple[str, bytes]  # (topic suffix, payload) as published
 ENGINE_KEY = "engine"
 SETPOINTS_KEY = "setpoints"
-WRITE_FIELDS = tuple(f.name for f in fields(WriteRecord))  # flat: cheaper than asdict's deep copy
+WRITE_BATCH = 200  # write records a transaction (see Journal.writes)
+
+
+def _requests(writes: list[WriteRecord]) -> list[list[WriteRecord]]:
+    """The points of one write request together: a driver records them one after the other, with the
+    request's time."""
+    requests: list[list[WriteRecord]] = []
+    last: WriteRecord | None = None
+    for w in writes:
+        if last is not None and w.timestamp == last.timestamp and w.device_id == last.device_id:
+            requests[-1].append(w)
+        else:
+            requests.append([w])
+            last = w
+    return requests
 
 
 def _text(raw: bytes) -> str:
@@ -68,8 +83,42 @@ class Journal:
 
     # ---- cycles ------------------------------------------------------------------------------------------
     def on_write(self, record: WriteRecord) -> None:
-        """The device drivers' write hook: kept until the cycle's transaction."""
+        """The device drivers' write hook: kept until `writes` records them."""
         self._writes.append(record)
+
+    def writes(self, at: datetime) -> Iterator[None]:
+        """The device writes since the last call, into the audit log, `WRITE_BATCH` records a transaction.
+
+        A large site writes thousands a cycle (~10 µs each to record), so this yields after each
+        transaction: the caller lets other work run there (an instruction waiting for its answer).
+        """
+        writes, self._writes = self._writes, []
+        requests: list[list[WriteRecord]] = []
+        beats: dict[str, dict[str, Any]] = {}
+        for request in _requests(writes):
+            if request[0].purpose == "heartbeat" and request[0].result == "ok":
+                for b in request:
+                    beats.setdefault(b.point, {})[b.device_id] = b.raw
+            else:
+                requests.append(request)
+        for start in range(0, len(requests), WRITE_BATCH):
+            with self.store.transaction():
+                for request in requests[start:start + WRITE_BATCH]:
+                    # One record per write request: its points and values in the order written, from
+                    # register `address` on (a 704 limit is four points in one request, then its enable).
+                    w = request[0]
+                    self.store.audit.append("write", datetime.fromtimestamp(w.timestamp, UTC), {
+                        "device_id": w.device_id, "purpose": w.purpose, "result": w.result,
+                        "address": w.address, "points": [[r.point, r.raw] for r in request],
+                        "timestamp": w.timestamp})
+            yield
+        if beats:
+            # Heartbeats, a write a second to every device: one record names each device and the value
+            # written, instead of a thousand records a second on a large site.
+            with self.store.transaction():
+                for point, values in beats.items():
+                    self.store.audit.append("write", at, {"purpose": "heartbeat", "point": point,
+                                                          "result": "ok", "devices": values})
 
     def cycle(self, cycle: Cycle, outs: list[Encoded], engine: Engine, events: list[dict[str, Any]]) -> None:
         d = cycle.decision
@@ -81,7 +130,6 @@ class Journal:
             "serving": [s.ref for s in cycle.serving],
             "commands": {c.id: [round(c.p_kw, 1), c.connect] for c in cycle.commands},
         }
-        writes, self._writes = self._writes, []
         with self.store.transaction():
             for event in events:
                 self.store.audit.append("event", cycle.at, event)
@@ -92,18 +140,6 @@ class Journal:
                     "device_total_kw": round(d.device_total_kw, 1)})
                 self._last_decision = decision
                 self.store.state.save(SETPOINTS_KEY, decision["commands"])
-            beats: dict[str, dict[str, Any]] = {}
-            for w in writes:
-                if w.purpose == "heartbeat" and w.result == "ok":
-                    beats.setdefault(w.point, {})[w.device_id] = w.raw
-                    continue
-                self.store.audit.append("write", datetime.fromtimestamp(w.timestamp, UTC),
-                                        {f: getattr(w, f) for f in WRITE_FIELDS})
-            # Heartbeats, a write a second to every device: one record a cycle names each device and the
-            # value written, instead of a thousand records a second on a large site.
-            for point, values in beats.items():
-                self.store.audit.append("write", cycle.at, {"purpose": "heartbeat", "point": point,
-                                                            "result": "ok", "devices": values})
             self._outbound(outs, cycle.at)
             self._save_state(engine)
 

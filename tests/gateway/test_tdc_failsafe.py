@@ -282,10 +282,12 @@ async def test_tdc_23_every_message_decision_and_write_is_in_the_audit_log(rig: 
     assert any(r["export_binding"] == "envelope:e-23" and r["target_kw"] == 100.0 for r in decisions)
     beats = [r for k, r in records if k == "write" and r["purpose"] == "heartbeat"]
     writes = [r for k, r in records if k == "write" and r["purpose"] != "heartbeat"]
-    assert any(
-        w["device_id"] == "pv1" and w["point"] == "704.WMaxLimPct" and w["result"] == "ok" for w in writes
-    )
-    assert any(w["device_id"] == "bess1" and w["point"] == "704.WSet" for w in writes)
+    # a record per write request, with its points and values in the order written: the limit, then enable
+    requests = [[p for p, _ in w["points"]] for w in writes
+                if w["device_id"] == "pv1" and w["result"] == "ok"]
+    limit = ["704.WMaxLimPct", "704.WMaxLimPctRvrt", "704.WMaxLimPctEnaRvrt", "704.WMaxLimPctRvrtTms"]
+    assert requests.index(["704.WMaxLimPctEna"]) > requests.index(limit)
+    assert any(w["device_id"] == "bess1" and "704.WSet" in [p for p, _ in w["points"]] for w in writes)
     # the 715 heartbeats that went through: a record a cycle, naming each device and the value written
     assert any(b["point"] == "715.ControllerHb" and b["devices"].get("pv1", 0) > 0 for b in beats)
     outbound = [r for k, r in records if k == "outbound"]

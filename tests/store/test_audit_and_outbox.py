@@ -83,3 +83,30 @@ def test_outbox_keeps_order_evicts_oldest_and_remembers_seq(tmp_path: Path) -> N
     assert [p for _, p in box.pending()] == [b"m5"]
     conn.close()
     assert Outbox(open_db(tmp_path / "gw.sqlite"), 3).last_seq() == 5
+
+
+def test_tdc_23_device_writes_a_record_per_request_in_batches_with_room_between(tmp_path: Path) -> None:
+    from gateway.journal import WRITE_BATCH, Journal
+    from gateway.south.device import WriteRecord
+
+    store = Store(tmp_path / "gw.sqlite", 100)
+    journal = Journal(store)
+    n = WRITE_BATCH + 10  # devices, each written a limit (two points in one request) and a heartbeat
+    for i in range(n):
+        at = 1_795_000_000.0 + i / 1000
+        journal.on_write(WriteRecord(f"pv{i}", "704.WMaxLimPct", 40311, 5000, "ok", "setpoint", at))
+        journal.on_write(WriteRecord(f"pv{i}", "704.WMaxLimPctRvrt", 40312, 2000, "ok", "setpoint", at))
+        journal.on_write(WriteRecord(f"pv{i}", "715.ControllerHb", 40400, i, "ok", "heartbeat", at + 0.0005))
+    batches = journal.writes(T0)
+    next(batches)  # the first transaction is committed: another can go in before the rest
+    assert store.audit.count == WRITE_BATCH
+    store.audit.append("inbound", T0, {"topic": "tdc/v1/s/ieso/dispatch"})
+    assert list(batches) == [None]
+    records = [r for _, _, kind, r in store.audit.records() if kind == "write"]
+    requests = [r for r in records if r["purpose"] == "setpoint"]
+    assert len(requests) == n
+    assert requests[0]["points"] == [["704.WMaxLimPct", 5000], ["704.WMaxLimPctRvrt", 2000]]
+    assert requests[0]["address"] == 40311 and requests[0]["device_id"] == "pv0"
+    [beats] = [r for r in records if r["purpose"] == "heartbeat"]
+    assert beats["devices"] == {f"pv{i}": i for i in range(n)}
+    assert verify(store.conn).ok and list(journal.writes(T0)) == []  # recorded once
