@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from statistics import median
 
 from gateway.core.allocation import (
     DeviceRange,
@@ -70,6 +71,7 @@ from gateway.core.serde import from_jsonable, to_jsonable
 from gateway.core.validation import check
 
 SNAPSHOT_FORMAT = 1
+LOAD_WINDOW = 5  # cycles of load estimates the export credit looks back on (see Engine.cycle)
 
 
 @dataclass(frozen=True)
@@ -118,7 +120,8 @@ class SiteView:
 
     dev: DeviceRange
     load_kw: float
-    metered_load_kw: float | None = None  # the estimate itself: None without a usable meter
+    # the last cycles' load estimates, the newest last (none without a usable meter): see Engine.cycle
+    recent_loads_kw: tuple[float, ...] = ()
 
 
 @dataclass
@@ -261,11 +264,14 @@ class Engine:
         served, _ = served_at(st.store, now, params.dual_participation_priority)
         requested = self._requested(served, dev, load, now)
         target = pcc_target(requested, eff, dev, load or 0.0)
-        # A rise of the load estimate lets the devices produce more under the export limit: it counts
-        # from the second cycle that sees it (device readings late against the meter's can fake one
-        # for a cycle on a large site); a fall counts at once.
-        prev = st.view.metered_load_kw if st.view is not None else None
-        export_load = load if load is None or prev is None else min(load, prev)
+        # The load credited against the export limit: the smaller of this cycle's estimate and the
+        # median of the last LOAD_WINDOW. On a large site, device readings late against the meter's fake
+        # a rise for a cycle or two while the output ramps (measured: up to +100 % at 1,000 devices); the
+        # median does not follow them. A real rise counts once it has lasted three cycles; a fall at once.
+        recent: tuple[float, ...] = ()
+        if load is not None:
+            recent = (*(st.view.recent_loads_kw if st.view else ()), load)[-LOAD_WINDOW:]
+        export_load = None if load is None else min(load, median(recent))
         total = device_total(target.kw, load, eff, dev, params.limit_margin_kw, export_load)
         room = limit_room(total, export_load, eff, params.limit_margin_kw)
         commands = (zero_commands(devices, eff.disconnect) if eff.zeroed_by
@@ -273,7 +279,7 @@ class Engine:
 
         ramping = served is not None and getattr(served.msg, "ramp_kw_per_min", None)
         st.ramp = Ramp(served.msg.id, target.kw, now) if served and ramping else None
-        st.view = SiteView(dev, load or 0.0, load)
+        st.view = SiteView(dev, load or 0.0, recent)
         st.constrained = abs(requested.kw - target.kw) > params.target_tolerance_kw
         mode = _mode(self._overridden(now), ldc_lost, st.constrained)
         serving = [Serving(served.msg.id, target.kw)] if served and not eff.zeroed_by else []
