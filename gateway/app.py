@@ -233,7 +233,9 @@ class Gateway:
                 available_kw=r.available_kw if r.available_kw is not None else 0.0,
                 max_charge_kw=r.max_charge_kw, soc_pct=r.soc_pct, connected=bool(r.connected),
             ))
-            if dev.online:
+            # A stale reading (a slow or failing device's last one, seconds old) is not one the others
+            # share: its rate, from long ago, would take the PCC's time back to it.
+            if dev.online and not dev.stale:
                 before, rate = poller.previous, 0.0
                 if before is not None and r.at > before.at:
                     rate = abs(r.p_kw - before.p_kw) / (r.at - before.at)
