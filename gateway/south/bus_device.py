@@ -19,6 +19,7 @@ Subclasses say *where* things are (`_discover`, `_read_image`, `_reading`, `_pow
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from abc import abstractmethod
@@ -180,6 +181,7 @@ class BusDevice(Device):
         self._applied_power: tuple[PointWrite, ...] | None = None
         self._power_written_at = -math.inf
         self._applied_connect: bool | None = None
+        self._applying = asyncio.Lock()
         self._pv_available_w: float | None = None  # last estimate, for PV that does not report it
 
     @classmethod
@@ -335,13 +337,24 @@ class BusDevice(Device):
 
     async def _apply(self, *, force: bool) -> None:
         """Write what of `self._command` is not yet on the device, or is due for a refresh."""
+        # One at a time: a read's refresh or re-apply would otherwise start while the writer's sequence
+        # is out, find nothing applied (see below), and write the whole sequence a second time.
+        async with self._applying:
+            await self._apply_now(force=force)
+
+    async def _apply_now(self, *, force: bool) -> None:
         cmd = self._command
         assert cmd is not None and self._image is not None
         now = time.monotonic()
         power = self._power_plan(cmd)
+        applied = self._applied_power
         power_step: tuple[list[PointWrite], WritePurpose] | None = None
-        if force or power != self._applied_power:
+        if force or applied is None:
             power_step = (list(power), "reapply" if force else "setpoint")
+        elif power != applied:
+            # A new setpoint: only the points that changed (usually the value alone, one request instead
+            # of the whole sequence; at 1,000 devices the writes compete with the reads for the bus).
+            power_step = ([w for w in power if w not in applied], "setpoint")
         elif now - self._power_written_at >= self._refresh_s:
             power_step = (list(power), "refresh")
         connect = self._connect_plan(cmd)

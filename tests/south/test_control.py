@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from gateway.south.device import Setpoint
@@ -36,6 +38,23 @@ async def test_pv_limit_goes_to_704_with_reversion_and_output_follows(run_site) 
                          lambda r: r.limit_pct is not None and r.p_kw == pytest.approx(100.0, abs=0.5))
     assert r.limit_pct == pytest.approx(40.0)
     assert r.setpoint_kw == pytest.approx(100.0)
+
+
+async def test_a_new_pv_limit_writes_the_value_alone_and_concurrent_commands_write_once(run_site) -> None:
+    site = await run_site()
+    pv1, sim_pv1 = site.devices["pv1"], site.sim.devices["pv1"]
+    assert await pv1.write(Setpoint(p_kw=100.0))
+    first = len(site.writes_to("pv1"))
+
+    assert await pv1.write(Setpoint(p_kw=125.0))  # 50 %: the reversion settings and enable stand
+    assert [(w.point, w.raw) for w in site.writes_to("pv1")[first:]] == [("704.WMaxLimPct", 5000)]
+    await wait_until("pv1 limited to 50 %", lambda: sim_pv1.active_limit_pct == pytest.approx(50.0))
+
+    # The writer and a read's refresh at once: the second waits for the first and finds it done.
+    second = len(site.writes_to("pv1"))
+    results = await asyncio.gather(pv1.write(Setpoint(p_kw=75.0)), pv1.write(Setpoint(p_kw=75.0)))
+    assert results == [True, True]
+    assert [(w.point, w.raw) for w in site.writes_to("pv1")[second:]] == [("704.WMaxLimPct", 3000)]
 
 
 async def test_legacy_pv_limit_goes_to_123(run_site) -> None:
