@@ -21,7 +21,7 @@ from typing import Any
 from gateway import __version__
 from gateway.config import SiteFile
 from gateway.core import report
-from gateway.core.allocation import pcc_at, readings_time
+from gateway.core.allocation import pcc_at, readings_spread, readings_time
 from gateway.core.engine import Cycle, Engine
 from gateway.core.model import DeviceCommand, DeviceReading, Invalid, Limits, MeterReading, SiteParams
 from gateway.core.model import Inbound as CoreInbound
@@ -244,10 +244,14 @@ class Gateway:
         if r is not None:
             if not self._meter_history or self._meter_history[-1][0] != r.at:
                 self._meter_history.append((r.at, r.p_kw))
-            at_devices = pcc_at(self._meter_history, readings_time(read_at)) if read_at else None
+            at_devices, spread = None, 0.0
+            if read_at:
+                t = readings_time(read_at)
+                at_devices, spread = pcc_at(self._meter_history, t), readings_spread(read_at, t)
             # 20x meter models carry no nominal voltage, so v_pu may be unknown: 1.0 is reported.
             meter = MeterReading(p_kw=r.p_kw, q_kvar=r.q_kvar or 0.0, v_pu=r.v_pu or 1.0, hz=r.hz or 60.0,
-                                 online=dev.online, stale=dev.stale, p_kw_at_devices=at_devices)
+                                 online=dev.online, stale=dev.stale, p_kw_at_devices=at_devices,
+                                 load_spread_kw=spread)
         return meter, devices
 
     async def run_cycle(self) -> Cycle:

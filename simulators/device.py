@@ -40,6 +40,9 @@ class Reversion:
     remaining_point: str | None
     revert_to: Mapping[str, str | int]
     deadline: float | None = field(default=None, init=False)
+    # the seconds left as last put in the map: it changes once a second, and a put every physics step
+    # of every device was a good part of a 1,000-device simulator's time
+    _shown: int | None = field(default=None, init=False)
 
     def on_write(self, smap: SunSpecMap, touched: Iterable[tuple[int, str]], now: float) -> None:
         if any(mid == self.model and name in self.triggers for mid, name in touched):
@@ -62,7 +65,9 @@ class Reversion:
     def _show(self, smap: SunSpecMap, now: float) -> None:
         if self.remaining_point is not None:
             left = 0 if self.deadline is None else max(0, math.ceil(self.deadline - now))
-            smap.put(self.model, self.remaining_point, left)
+            if left != self._shown:
+                smap.put(self.model, self.remaining_point, left)
+                self._shown = left
 
 
 def common_model(cfg: DeviceConfig, model: str, options: str) -> dict[str, Value | None]:

@@ -148,6 +148,14 @@ def readings_time(reads: Sequence[tuple[float, float]]) -> float:
     return sum(at for at, _ in reads) / len(reads)
 
 
+def readings_spread(reads: Sequence[tuple[float, float]], t: float) -> float:
+    """How far, at most (to first order), Σ device readings may be from the devices' output at `t`: each
+    device's (read time, kW/s) rate times how long before or after `t` it was read. Nothing while the
+    devices hold steady, whenever they were read; hundreds of kW on a large site whose readings are a
+    second apart while every inverter ramps."""
+    return sum(rate * abs(at - t) for at, rate in reads)
+
+
 def pcc_at(history: Sequence[tuple[float, float]], t: float) -> float:
     """The metered PCC power at time `t`, interpolated between the (time, kW) readings around it (the
     first or last one outside them)."""

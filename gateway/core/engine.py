@@ -264,14 +264,17 @@ class Engine:
         served, _ = served_at(st.store, now, params.dual_participation_priority)
         requested = self._requested(served, dev, load, now)
         target = pcc_target(requested, eff, dev, load or 0.0)
-        # The load credited against the export limit: the smaller of this cycle's estimate and the
-        # median of the last LOAD_WINDOW. On a large site, device readings late against the meter's fake
-        # a rise for a cycle or two while the output ramps (measured: up to +100 % at 1,000 devices); the
-        # median does not follow them. A real rise counts once it has lasted three cycles; a fall at once.
+        # The load credited against the export limit: the smaller of this cycle's estimate, less what the
+        # readings' spread in time leaves uncertain, and the median of the last LOAD_WINDOW. On a large
+        # site, device readings late against the meter's fake a rise while the output ramps (measured: up
+        # to +100 % at 1,000 devices, for one to three cycles); the median does not follow the short ones,
+        # and the spread takes out what the readings cannot tell while the devices move. A real rise
+        # counts once it has lasted three cycles; a fall at once.
         recent: tuple[float, ...] = ()
-        if load is not None:
+        export_load = None
+        if load is not None and meter_ok is not None:
             recent = (*(st.view.recent_loads_kw if st.view else ()), load)[-LOAD_WINDOW:]
-        export_load = None if load is None else min(load, median(recent))
+            export_load = min(load - meter_ok.load_spread_kw, median(recent))
         total = device_total(target.kw, load, eff, dev, params.limit_margin_kw, export_load)
         room = limit_room(total, export_load, eff, params.limit_margin_kw)
         commands = (zero_commands(devices, eff.disconnect) if eff.zeroed_by

@@ -83,6 +83,9 @@ class MeterReading:
     # The PCC power when the device readings were taken (on a large site they are older than the meter's
     # last reading), so that the load estimate Σ devices − PCC compares like with like; None: p_kw.
     p_kw_at_devices: float | None = None
+    # How uncertain Σ devices − p_kw_at_devices is for that (see allocation.readings_spread): the export
+    # credit leaves it out.
+    load_spread_kw: float = 0.0
 
     @property
     def load_basis_kw(self) -> float:

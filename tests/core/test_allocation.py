@@ -6,7 +6,15 @@ from dataclasses import replace
 
 import pytest
 
-from gateway.core.allocation import DeviceRange, allocate, device_total, pcc_at, readings_time, zero_commands
+from gateway.core.allocation import (
+    DeviceRange,
+    allocate,
+    device_total,
+    pcc_at,
+    readings_spread,
+    readings_time,
+    zero_commands,
+)
 from gateway.core.engine import Engine
 from gateway.core.limits import UNLIMITED, Bound, InForce
 from gateway.core.model import MeterReading, Serving
@@ -130,6 +138,27 @@ def test_the_pcc_is_taken_at_the_time_of_the_readings_of_the_devices_that_move()
     assert readings_time(reads) == pytest.approx(10.6)
     assert readings_time([(10.0, 100.0), (11.0, 300.0)]) == pytest.approx(10.75)
     assert readings_time([(10.0, 0.0), (11.0, 0.0)]) == pytest.approx(10.5)  # nothing moves: the mean
+
+
+def test_the_spread_of_the_readings_is_what_the_moving_devices_may_have_moved_since_or_until_then() -> None:
+    reads = [(10.0, 0.0), (10.1, 0.0), (10.2, 0.0), (10.6, 200.0)]
+    assert readings_spread(reads, readings_time(reads)) == pytest.approx(0.0)  # only the battery moves
+    assert readings_spread([(10.0, 100.0), (11.0, 300.0)], 10.75) == pytest.approx(75.0 + 75.0)
+    assert readings_spread([(10.0, 0.0), (11.0, 0.0)], 10.5) == 0.0  # steady: read whenever
+
+
+def test_the_export_credit_leaves_out_the_spread_of_the_readings() -> None:
+    # Load 20 kW, export cap 300 kW: the devices may give 320 kW. Readings a second apart while the
+    # devices ramp leave 30 kW of that estimate uncertain: the devices are asked for 30 kW less, the
+    # import side (what the target needs below the cap) takes the estimate as it is.
+    devices = [replace(pv("pv1", 225.0), p_kw=200.0), replace(pv("pv2", 225.0), p_kw=220.0)]
+    steady = MeterReading(400.0, 0.0, 1.0, 60.0, True, False)
+    ramping = replace(steady, load_spread_kw=30.0)
+    total = Engine(PARAMS, T0).cycle(T0, steady, devices).decision.device_total_kw
+    assert total == pytest.approx(300.0 - PARAMS.limit_margin_kw + 20.0)
+    decision = Engine(PARAMS, T0).cycle(T0, ramping, devices).decision
+    assert decision.load_kw == pytest.approx(20.0)
+    assert decision.device_total_kw == pytest.approx(total - 30.0)
 
 
 def test_the_load_estimate_takes_the_pcc_at_the_time_of_the_device_readings() -> None:
