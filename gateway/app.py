@@ -37,6 +37,9 @@ from gateway.web.server import attach_web
 log = logging.getLogger(__name__)
 
 REPLAY_BATCH = 200  # telemetry messages in flight at once when the outbox is replayed
+# Devices a cycle starts reading, or hands a command to, in one turn of the event loop: each starts a
+# task step of tens of µs, and an instruction's receipt waits behind a whole turn.
+LOOP_CHUNK = 100
 METER_HISTORY = 32  # meter readings kept: more than the age of any device reading still in use
 
 
@@ -153,6 +156,7 @@ class Gateway:
         self.snapshot = Snapshot()
         self.telemetry_seq = self.store.outbox.last_seq()  # contiguous across restarts, never reused
         self._wake = asyncio.Event()
+        self._handing_out: asyncio.Task | None = None  # the last cycle's commands on their way (_hand_out)
         self._outbox_lock = asyncio.Lock()
         # One batch of answers at a time: without it a control cycle could publish `started` between an
         # instruction's `received` and its `accepted` (TDC-01 order), as publishing awaits each PUBACK.
@@ -254,24 +258,32 @@ class Gateway:
                                  load_spread_kw=spread)
         return meter, devices
 
-    async def run_cycle(self) -> Cycle:
-        # Every cycle reads every device, the one an instruction triggers too: the load estimate
-        # (Σ devices − meter) is only right on readings taken together, and a hold starts from the
-        # metered export now.
+    async def run_cycle(self, read: bool = True) -> Cycle:
+        """One control cycle: read every device (unless `read` is False), decide, hand out the commands.
+
+        The cycle an instruction triggers does not read: it decides on the last cycle's readings, at most
+        an interval old and taken together (the load estimate, Σ devices − meter, is right on those), so
+        that the instruction reaches the devices without waiting for a round of reads (about 50 ms at
+        100 devices, the whole read deadline at 1,000). A hold starts from the last metered export."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.read_deadline_s
-        reads = [t for t in (p.start_read() for p in self._read_order) if t is not None]
+        reads = []
+        for i, poller in enumerate(self._read_order if read else (), 1):
+            if (task := poller.start_read()) is not None:
+                reads.append(task)
+            if i % LOOP_CHUNK == 0:
+                await asyncio.sleep(0)
         # While the reads are out: the device writes since the last cycle into the audit log, a batch at
         # a time, an instruction's answer going out between two batches.
         for _ in self.journal.writes(utcnow()):
             await asyncio.sleep(0)
         if reads:
             await asyncio.wait(reads, timeout=max(0.0, deadline - loop.time()))
-        now = utcnow()
         meter, devices = self._readings()
+        await asyncio.sleep(0)  # an instruction that came meanwhile is decided before the cycle, and in it
+        now = utcnow()
         cycle = self.engine.cycle(now, meter, devices)
-        for cmd in cycle.commands:
-            self.pollers[cmd.id].give(cmd)
+        self._hand_out(cycle.commands)
         self.snapshot = Snapshot(cycle=cycle, at=now)
         for listener in self.cycle_listeners:
             listener(cycle, meter, devices)
@@ -280,6 +292,19 @@ class Gateway:
         await self._publish(encoded)
         await self._publish_status()
         return cycle
+
+    def _hand_out(self, commands: list[DeviceCommand]) -> None:
+        """Give each device its command, LOOP_CHUNK at a time: each wakes the device's writer, and a
+        thousand of them at once would keep the loop (and an instruction's receipt) for tens of ms."""
+        if self._handing_out is not None:
+            self._handing_out.cancel()  # every device it had yet to reach has a newer command here
+        self._handing_out = asyncio.create_task(self._give(commands))
+
+    async def _give(self, commands: list[DeviceCommand]) -> None:
+        for i, cmd in enumerate(commands, 1):
+            self.pollers[cmd.id].give(cmd)
+            if i % LOOP_CHUNK == 0:
+                await asyncio.sleep(0)
 
     def _device_events(self) -> list[dict[str, Any]]:
         """A device that went offline or came back since the last cycle, for the audit log."""
@@ -304,8 +329,11 @@ class Gateway:
             woken = self._wake.is_set()
             self._wake.clear()
             started = loop.time()
+            # the scheduled cycle reads, even when an instruction came at its time: instructions
+            # arriving faster than the interval must not starve the readings
+            scheduled = not woken or started >= next_at
             try:
-                await self.run_cycle()
+                await self.run_cycle(read=scheduled)
             except Exception:  # one bad cycle must not stop control; the next one starts afresh
                 log.exception("control cycle failed")
             self.last_cycle_s = loop.time() - started
@@ -317,7 +345,7 @@ class Gateway:
             if self.last_cycle_s > self.interval_s:
                 log.warning("control cycle took %.2f s, longer than control_interval_s = %.2f s",
                             self.last_cycle_s, self.interval_s)
-            if not woken:
+            if scheduled:
                 next_at = max(next_at + self.interval_s, loop.time())
 
     # ---- telemetry and status ------------------------------------------------------------------------------
@@ -336,6 +364,7 @@ class Gateway:
             await asyncio.sleep(interval - (time.time() % interval))
             t = self.telemetry(utcnow())
             if t is not None:
+                await asyncio.sleep(0)  # building and encoding 1,000 devices' telemetry: ~10 ms each
                 _, payload = encode_outbound(t, self.site.site.id)
                 self.journal.telemetry(t.seq, payload)
                 await self._flush_outbox(live_seq=t.seq)
@@ -399,6 +428,8 @@ class Gateway:
         try:
             await asyncio.gather(*tasks)
         finally:
+            if self._handing_out is not None:
+                tasks.append(self._handing_out)
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

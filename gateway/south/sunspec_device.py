@@ -125,11 +125,11 @@ class Image(RegisterImage):
         self._raw: dict[int, Value | None] = {}
 
     def raw(self, point: Bound) -> Value | None:
-        try:
-            return self._raw[point.address]
-        except KeyError:
-            value = self._raw[point.address] = decode(point.pdef, self.regs(point.address, point.pdef.size))
-            return value
+        # not try/except KeyError: most points are decoded once a read, and raising costs more than a test
+        decoded = self._raw
+        if point.address not in decoded:
+            decoded[point.address] = decode(point.pdef, self.regs(point.address, point.pdef.size))
+        return decoded[point.address]
 
     def exponent(self, point: Bound) -> int | None:
         """The scale factor of `point`: 0 when unscaled, None when the device does not implement it."""
