@@ -113,6 +113,23 @@ async def test_tdc_11_disconnect_and_cease_to_energize_override_a_dispatch_at_on
     assert t["effective"]["binding"] == "override:o-11"
 
 
+async def test_tdc_11_instructions_faster_than_the_control_interval_do_not_stop_the_readings(rig: Rig) -> None:
+    # Each instruction triggers a cycle at once, on the last readings; the scheduled cycles still read.
+    assert rig.gateway is not None
+    poller = rig.gateway.pollers["pv1"]
+    assert poller.reading is not None
+    seen = {poller.reading.at}
+    loop = asyncio.get_running_loop()
+    n, end = 0, loop.time() + 8 * rig.site.site.control_interval_s
+    while len(seen) < 4 and loop.time() < end:  # three fresh readings; instructions back to back
+        await rig.publish("ieso", "heartbeat", rig.message("ieso", "heartbeat", f"hb-11-{n}"))
+        n += 1
+        await asyncio.sleep(0)
+        assert poller.reading is not None
+        seen.add(poller.reading.at)
+    assert len(seen) >= 4, f"pv1 read {len(seen) - 1} times in {n} instructions"
+
+
 async def _until(pred) -> None:
     while not pred():
         await asyncio.sleep(0.05)
