@@ -259,16 +259,17 @@ class Gateway:
         return meter, devices
 
     async def run_cycle(self, read: bool = True) -> Cycle:
-        """One control cycle: read every device (unless `read` is False), decide, hand out the commands.
+        """One control cycle: read every device (only the meter if `read` is False), decide, hand out the
+        commands.
 
-        The cycle an instruction triggers does not read: it decides on the last cycle's readings, at most
-        an interval old and taken together (the load estimate, Σ devices − meter, is right on those), so
-        that the instruction reaches the devices without waiting for a round of reads (about 50 ms at
-        100 devices, the whole read deadline at 1,000). A hold starts from the last metered export."""
+        The cycle an instruction triggers reads the meter alone: a hold starts from the export now, and the
+        devices' last readings, at most an interval old, are set against the meter's at their time (see
+        MeterReading.p_kw_at_devices), so that the instruction reaches the devices without waiting for a
+        round of reads (about 50 ms at 100 devices, the whole read deadline at 1,000)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.read_deadline_s
         reads = []
-        for i, poller in enumerate(self._read_order if read else (), 1):
+        for i, poller in enumerate(self._read_order if read else [self.pollers[self.meter_id]], 1):
             if (task := poller.start_read()) is not None:
                 reads.append(task)
             if i % LOOP_CHUNK == 0:

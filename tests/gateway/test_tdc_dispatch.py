@@ -113,7 +113,7 @@ async def test_tdc_11_disconnect_and_cease_to_energize_override_a_dispatch_at_on
     assert t["effective"]["binding"] == "override:o-11"
 
 
-async def test_tdc_11_instructions_faster_than_the_control_interval_do_not_stop_the_readings(rig: Rig) -> None:
+async def test_tdc_11_instructions_back_to_back_do_not_stop_the_readings(rig: Rig) -> None:
     # Each instruction triggers a cycle at once, on the last readings; the scheduled cycles still read.
     assert rig.gateway is not None
     poller = rig.gateway.pollers["pv1"]
