@@ -9,12 +9,13 @@ looks — device states, outbox depth, audit records, uptime — are read from t
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, Info
+from prometheus_client import CollectorRegistry, Counter, Enum, Gauge, Histogram, Info, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -69,7 +70,15 @@ class Metrics:
         self.export_limit_kw = Gauge("der_gateway_export_limit_kw", "PCC export limit in force", registry=r)
         self.import_limit_kw = Gauge("der_gateway_import_limit_kw", "PCC import limit in force", registry=r)
         self.mode = Enum("der_gateway_mode", "Operating mode", states=list(MODES), registry=r)
-        r.register(_ScrapeTime(gateway))
+        self._scrape_time = _ScrapeTime(gateway)
+        r.register(self._scrape_time)
+
+    async def render(self) -> bytes:
+        """The text exposition. At 1,000 devices it takes 100-200 ms (a histogram per device): rendered in
+        a thread, so that the event loop (an instruction's receipt) waits ~5 ms at a time, not all of it.
+        What is read from the gateway is taken first, on the loop."""
+        self._scrape_time.take()
+        return await asyncio.to_thread(generate_latest, self.registry)
 
     # ---- hooks ---------------------------------------------------------------------------------------
     def on_cycle(self, cycle: Cycle, meter: MeterReading | None, devices: list[DeviceReading]) -> None:
@@ -108,12 +117,20 @@ class Metrics:
 
 
 class _ScrapeTime(Collector):
-    """Gauges read from the gateway when /metrics is scraped."""
+    """Gauges read from the gateway when /metrics is scraped: taken on the event loop (`take`), collected
+    in the rendering thread."""
 
     def __init__(self, gateway: Gateway) -> None:
         self.gateway = gateway
+        self._taken: list[Metric] = []
+
+    def take(self) -> None:
+        self._taken = list(self._read())
 
     def collect(self) -> Iterator[Metric]:
+        return iter(self._taken)
+
+    def _read(self) -> Iterator[Metric]:
         gw = self.gateway
         online = GaugeMetricFamily("der_gateway_device_online", "1 while the device answers its reads",
                                    labels=["device", "kind"])
