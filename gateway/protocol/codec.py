@@ -195,8 +195,12 @@ def encode_outbound(out: Outbound, site_id: str) -> tuple[str, bytes]:
             fields = {"type": "availability", "windows": [dataclasses.asdict(w) for w in out.windows]}
         case Telemetry():
             suffix, model = "gateway/telemetry", wire.Telemetry
-            fields = {"type": "telemetry", **dataclasses.asdict(out)}
-            fields["serving"], fields["devices"] = list(fields["serving"]), list(fields["devices"])
+            # part by part, not dataclasses.asdict: its deep copy was most of encoding 1,000 devices'
+            # telemetry (6 of 10 ms, in one turn of the event loop); every part is flat, of plain values
+            fields = {"type": "telemetry", "site_id": out.site_id, "seq": out.seq, "at": out.at,
+                      "site": vars(out.site), "effective": vars(out.effective),
+                      "serving": [vars(s) for s in out.serving], "devices": [vars(d) for d in out.devices],
+                      "replayed": out.replayed}
         case Status():
             suffix, model = "gateway/status", wire.Status
             fields = {"type": "status", "site_id": out.site_id, "state": out.state, "mode": out.mode,
