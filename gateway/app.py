@@ -13,10 +13,10 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway import __version__
 from gateway.config import SiteFile
@@ -35,6 +35,7 @@ from gateway.store import Store
 from gateway.web.server import attach_web
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 REPLAY_BATCH = 200  # telemetry messages in flight at once when the outbox is replayed
 # Devices a cycle starts reading, or hands a command to, in one turn of the event loop: each starts a
@@ -45,6 +46,14 @@ METER_HISTORY = 32  # meter readings kept: more than the age of any device readi
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
+
+
+async def in_turns(items: Iterable[T]) -> AsyncIterator[T]:
+    """The items, LOOP_CHUNK to a turn of the event loop (see LOOP_CHUNK)."""
+    for i, item in enumerate(items, 1):
+        yield item
+        if i % LOOP_CHUNK == 0:
+            await asyncio.sleep(0)
 
 
 def site_params(site: SiteFile) -> SiteParams:
@@ -269,11 +278,9 @@ class Gateway:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.read_deadline_s
         reads = []
-        for i, poller in enumerate(self._read_order if read else [self.pollers[self.meter_id]], 1):
+        async for poller in in_turns(self._read_order if read else [self.pollers[self.meter_id]]):
             if (task := poller.start_read()) is not None:
                 reads.append(task)
-            if i % LOOP_CHUNK == 0:
-                await asyncio.sleep(0)
         # While the reads are out: the device writes since the last cycle into the audit log, a batch at
         # a time, an instruction's answer going out between two batches.
         for _ in self.journal.writes(utcnow()):
@@ -283,7 +290,7 @@ class Gateway:
         meter, devices = self._readings()
         await asyncio.sleep(0)  # an instruction that came meanwhile is decided before the cycle, and in it
         now = utcnow()
-        cycle = self.engine.cycle(now, meter, devices)
+        cycle = self.engine.cycle(now, meter, devices, new_readings=read)
         self._hand_out(cycle.commands)
         self.snapshot = Snapshot(cycle=cycle, at=now)
         for listener in self.cycle_listeners:
@@ -302,10 +309,8 @@ class Gateway:
         self._handing_out = asyncio.create_task(self._give(commands))
 
     async def _give(self, commands: list[DeviceCommand]) -> None:
-        for i, cmd in enumerate(commands, 1):
+        async for cmd in in_turns(commands):
             self.pollers[cmd.id].give(cmd)
-            if i % LOOP_CHUNK == 0:
-                await asyncio.sleep(0)
 
     def _device_events(self) -> list[dict[str, Any]]:
         """A device that went offline or came back since the last cycle, for the audit log."""

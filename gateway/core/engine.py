@@ -250,7 +250,11 @@ class Engine:
         return [Availability(current, now)]
 
     # ---- the control cycle -------------------------------------------------------------------------------
-    def cycle(self, now: datetime, meter: MeterReading | None, devices: list[DeviceReading]) -> Cycle:
+    def cycle(self, now: datetime, meter: MeterReading | None, devices: list[DeviceReading],
+              new_readings: bool = True) -> Cycle:
+        """`new_readings`: the devices were read for this cycle. The cycle an instruction triggers
+        decides on the last cycle's readings, and their load estimate, already in the window below, does
+        not count a second time."""
         st, params = self.state, self.params
         meter_ok = meter if meter is not None and meter.online and not meter.stale else None
         if meter_ok:
@@ -273,7 +277,8 @@ class Engine:
         recent: tuple[float, ...] = ()
         export_load = None
         if load is not None and meter_ok is not None:
-            recent = (*(st.view.recent_loads_kw if st.view else ()), load)[-LOAD_WINDOW:]
+            before = st.view.recent_loads_kw if st.view else ()
+            recent = (*before, load)[-LOAD_WINDOW:] if new_readings or not before else before
             export_load = min(load - meter_ok.load_spread_kw, median(recent))
         total = device_total(target.kw, load, eff, dev, params.limit_margin_kw, export_load)
         room = limit_room(total, export_load, eff, params.limit_margin_kw)

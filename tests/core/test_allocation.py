@@ -161,6 +161,22 @@ def test_the_export_credit_leaves_out_the_spread_of_the_readings() -> None:
     assert decision.device_total_kw == pytest.approx(total - 30.0)
 
 
+def test_a_cycle_on_the_last_readings_does_not_count_their_load_estimate_again() -> None:
+    # The cycles an instruction triggers decide on the last cycle's readings: a faked rise seen in one
+    # read must not fill the median window by being decided on twice more.
+    devices = [replace(pv("pv1", 225.0), p_kw=200.0), replace(pv("pv2", 225.0), p_kw=220.0)]
+    steady = MeterReading(400.0, 0.0, 1.0, 60.0, True, False)  # load 20 kW
+    faked = replace(steady, p_kw=220.0)  # 200 kW
+    engine = Engine(PARAMS, T0)
+    for _ in range(3):
+        before = engine.cycle(T0, steady, devices).decision.device_total_kw
+    assert engine.cycle(T0, faked, devices).decision.load_kw == pytest.approx(200.0)
+    for _ in range(2):
+        again = engine.cycle(T0, faked, devices, new_readings=False).decision
+        assert again.device_total_kw == pytest.approx(before)
+    assert engine.cycle(T0, faked, devices).decision.device_total_kw == pytest.approx(before)  # 2 of 5
+
+
 def test_the_load_estimate_takes_the_pcc_at_the_time_of_the_device_readings() -> None:
     # The devices were read while the PCC was 300 kW; the meter has since moved to 100 kW as the
     # output ramped. Σ devices − 100 would take 200 kW of ramp for load; the PCC at their time does not.
