@@ -151,40 +151,54 @@ class ModbusExceptionResponse(ModbusError):
 
 
 class InFlight:
-    """Bounds the requests in flight (see MAX_IN_FLIGHT); each holds its place at most `hold_s`."""
+    """Bounds the requests in flight (see MAX_IN_FLIGHT); each holds its place at most about `hold_s`.
+
+    One sweep every `hold_s / 2` frees the places held too long, rather than a timer per request: at
+    thousands of requests a second, arming and cancelling a timer each was a few percent of the
+    polling's CPU. A place is so given up between `hold_s` and 1.5 × `hold_s` after it was taken.
+    """
 
     def __init__(self, limit: int = MAX_IN_FLIGHT, hold_s: float = IN_FLIGHT_HOLD_S) -> None:
         self.places = asyncio.Semaphore(limit)
         self.hold_s = hold_s
+        self._taken: dict[_Slot, float] = {}  # held places and when they were taken (loop time)
+        self._sweep: asyncio.TimerHandle | None = None
 
     def slot(self) -> _Slot:
         return _Slot(self)
+
+    def take(self, slot: _Slot) -> None:
+        loop = asyncio.get_running_loop()
+        self._taken[slot] = loop.time()
+        if self._sweep is None:
+            self._sweep = loop.call_later(self.hold_s / 2, self._free_overdue)
+
+    def give_back(self, slot: _Slot) -> None:
+        if self._taken.pop(slot, None) is not None:
+            self.places.release()
+
+    def _free_overdue(self) -> None:
+        loop = asyncio.get_running_loop()
+        since = loop.time() - self.hold_s
+        for slot in [s for s, at in self._taken.items() if at <= since]:
+            self.give_back(slot)
+        self._sweep = loop.call_later(self.hold_s / 2, self._free_overdue) if self._taken else None
 
 
 class _Slot:
     """One request's place: `async with in_flight.slot(): ...`."""
 
-    __slots__ = ("_held", "_limit", "_timer")
+    __slots__ = ("_limit",)
 
     def __init__(self, limit: InFlight) -> None:
         self._limit = limit
-        self._held = False
-        self._timer: asyncio.TimerHandle | None = None
 
     async def __aenter__(self) -> None:
         await self._limit.places.acquire()
-        self._held = True
-        self._timer = asyncio.get_running_loop().call_later(self._limit.hold_s, self._give_up)
+        self._limit.take(self)
 
     async def __aexit__(self, *exc: object) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-        self._give_up()
-
-    def _give_up(self) -> None:
-        if self._held:
-            self._held = False
-            self._limit.places.release()
+        self._limit.give_back(self)
 
 
 class ModbusEndpoint:
@@ -219,11 +233,15 @@ class ModbusEndpoint:
         self,
         unit_id: int,
         timeout_s: float,
-        what: str,
+        what: Callable[[], str],
         call: Callable[[ModbusBaseClient], Awaitable[ModbusPDU]],
     ) -> ModbusPDU:
-        """Run one request (connecting first if needed); `what` describes it for error messages."""
-        where = f"{self} unit {unit_id}: {what}"
+        """Run one request (connecting first if needed); `what()` describes it for error messages (made
+        only on failure: formatting it for every request was a measurable part of the polling)."""
+
+        def where() -> str:
+            return f"{self} unit {unit_id}: {what()}"
+
         async with self._lock, self._in_flight.slot():
             client = await self._connected_client(timeout_s, where)
             quiet_s = self._quiet_until - time.monotonic()
@@ -236,16 +254,16 @@ class ModbusEndpoint:
             except TimeoutError:
                 if not client.connected:
                     self._drop()
-                    raise ModbusConnectionLost(f"{where}: connection lost") from None
+                    raise ModbusConnectionLost(f"{where()}: connection lost") from None
                 self._silent_requests += 1
                 if self._silent_requests >= SILENT_REQUESTS_BEFORE_RECONNECT:
                     self._drop()
-                raise ModbusTimeout(f"{where}: no answer within {timeout_s:g} s") from None
+                raise ModbusTimeout(f"{where()}: no answer within {timeout_s:g} s") from None
             except (ModbusException, OSError) as err:
                 # Not connected, or an answer that does not match the request: the stream cannot be
                 # trusted any more, so start again on a fresh connection.
                 self._drop()
-                raise ModbusConnectionLost(f"{where}: {err}") from None
+                raise ModbusConnectionLost(f"{where()}: {err}") from None
             finally:
                 # From the end of this exchange (answered or not): a late answer from a slow unit has
                 # that long to arrive before the next request goes out on the line.
@@ -254,9 +272,9 @@ class ModbusEndpoint:
         if response.isError():
             code = int(getattr(response, "exception_code", 0))
             if code == _GATEWAY_TARGET_NO_RESPONSE:
-                raise ModbusTimeout(f"{where}: gateway reports no answer from the unit (exception 11)")
+                raise ModbusTimeout(f"{where()}: gateway reports no answer from the unit (exception 11)")
             name = EXCEPTION_NAMES.get(code, "unknown")
-            raise ModbusExceptionResponse(f"{where}: exception {code} ({name})", code)
+            raise ModbusExceptionResponse(f"{where()}: exception {code} ({name})", code)
         return response
 
     def _new_client(self) -> ModbusBaseClient:
@@ -273,14 +291,14 @@ class ModbusEndpoint:
             reconnect_delay=0,
         )
 
-    async def _connected_client(self, timeout_s: float, where: str) -> ModbusBaseClient:
+    async def _connected_client(self, timeout_s: float, where: Callable[[], str]) -> ModbusBaseClient:
         if self._client is not None and self._client.connected:
             return self._client
         self._drop()
         now = time.monotonic()
         wait = self._backoff.wait_s(now)
         if wait > 0:
-            raise ModbusConnectionLost(f"{where}: not connected; next attempt in {wait:.1f} s")
+            raise ModbusConnectionLost(f"{where()}: not connected; next attempt in {wait:.1f} s")
         client = self._new_client()
         try:
             ok = await asyncio.wait_for(client.connect(), timeout_s)
@@ -289,7 +307,7 @@ class ModbusEndpoint:
         if not ok:
             client.close()
             delay = self._backoff.failed(time.monotonic())
-            raise ModbusConnectionLost(f"{where}: cannot connect; next attempt in {delay:.1f} s")
+            raise ModbusConnectionLost(f"{where()}: cannot connect; next attempt in {delay:.1f} s")
         self._backoff.succeeded()
         self._client = client
         self._silent_requests = 0
@@ -329,13 +347,13 @@ class ModbusUnit:
         most 125 registers."""
         self._check_open()
         out: list[int] = []
+        kind = "input " if table == "input" else ""
         for start in range(address, address + count, MAX_READ_REGISTERS):
             n = min(MAX_READ_REGISTERS, address + count - start)
-            kind = "input " if table == "input" else ""
             response = await self.endpoint.request(
                 self.unit_id,
                 self.timeout_s,
-                f"read {n} {kind}registers at {start}",
+                lambda start=start, n=n: f"read {n} {kind}registers at {start}",
                 lambda c, start=start, n=n: (
                     c.read_input_registers if table == "input" else c.read_holding_registers
                 )(start, count=n, device_id=self.unit_id),
@@ -357,14 +375,14 @@ class ModbusUnit:
         self._check_open()
         if single:
             await self.endpoint.request(
-                self.unit_id, self.timeout_s, f"write register {address} (FC6)",
+                self.unit_id, self.timeout_s, lambda: f"write register {address} (FC6)",
                 lambda c: c.write_register(address, values[0], device_id=self.unit_id),
             )
             return
         await self.endpoint.request(
             self.unit_id,
             self.timeout_s,
-            f"write {len(values)} registers at {address}",
+            lambda: f"write {len(values)} registers at {address}",
             lambda c: c.write_registers(address, list(values), device_id=self.unit_id),
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -156,3 +157,28 @@ async def test_a_late_answer_is_never_taken_for_the_next_one(serve, pool: Modbus
     ep.set_fault(1, Fault())
     assert await patient.read(BASE + 5, 1) == [5]
     assert await patient.read(BASE + 6, 1) == [6]
+
+
+async def test_a_request_left_unanswered_gives_up_its_in_flight_place(serve) -> None:
+    """A dead device must not hold the healthy ones back: with one place in flight, a request that
+    gets no answer gives the place up (IN_FLIGHT_HOLD_S) long before its own timeout."""
+    heard = asyncio.Event()
+
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(1)  # the request is out, and holds the only place
+        heard.set()
+        await reader.read()  # until the client closes
+
+    mute = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    healthy = await serve()
+    pool = ModbusPool(max_in_flight=1)
+    try:
+        dead = pool.unit("127.0.0.1", mute.sockets[0].getsockname()[1], 1, timeout_s=5.0)
+        stuck = asyncio.create_task(dead.read(BASE, 1))
+        await asyncio.wait_for(heard.wait(), 5.0)
+        assert await pool.unit(healthy.host, healthy.port, 1, timeout_s=1.0).read(BASE, 1) == [0]
+        assert not stuck.done(), "the healthy read waited for the dead device's timeout"
+        stuck.cancel()
+    finally:
+        await pool.close()
+        mute.close()
