@@ -155,7 +155,9 @@ class InFlight:
 
     One sweep every `hold_s / 2` frees the places held too long, rather than a timer per request: at
     thousands of requests a second, arming and cancelling a timer each was a few percent of the
-    polling's CPU. A place is so given up between `hold_s` and 1.5 × `hold_s` after it was taken.
+    polling's CPU. A place is so given up between `hold_s` and 1.5 × `hold_s` after it was taken. The
+    sweep also arms the request's own timeout then (see `_Slot.expire`): a request answered within the
+    hold, nearly every one, never has a timer.
     """
 
     def __init__(self, limit: int = MAX_IN_FLIGHT, hold_s: float = IN_FLIGHT_HOLD_S) -> None:
@@ -173,6 +175,9 @@ class InFlight:
         if self._sweep is None:
             self._sweep = loop.call_later(self.hold_s / 2, self._free_overdue)
 
+    def holds(self, slot: _Slot) -> bool:
+        return slot in self._taken
+
     def give_back(self, slot: _Slot) -> None:
         if self._taken.pop(slot, None) is not None:
             self.places.release()
@@ -182,23 +187,45 @@ class InFlight:
         since = loop.time() - self.hold_s
         for slot in [s for s, at in self._taken.items() if at <= since]:
             self.give_back(slot)
+            slot.arm()
         self._sweep = loop.call_later(self.hold_s / 2, self._free_overdue) if self._taken else None
 
 
 class _Slot:
-    """One request's place: `async with in_flight.slot(): ...`."""
+    """One request's place: `async with in_flight.slot() as slot: ...`."""
 
-    __slots__ = ("_limit",)
+    __slots__ = ("_expiry", "_limit", "_when")
 
     def __init__(self, limit: InFlight) -> None:
         self._limit = limit
+        self._expiry: asyncio.Timeout | None = None
+        self._when = 0.0
 
-    async def __aenter__(self) -> None:
+    async def __aenter__(self) -> _Slot:
         await self._limit.places.acquire()
         self._limit.take(self)
+        return self
 
     async def __aexit__(self, *exc: object) -> None:
+        self._expiry = None
         self._limit.give_back(self)
+
+    def expire(self, expiry: asyncio.Timeout | None, timeout_s: float = 0.0) -> None:
+        """Let the request's `expiry` (entered as `asyncio.timeout(None)`) fire `timeout_s` from now. It
+        is armed when the place is given up, or at once if that has happened already or would come too
+        late; None: the request is over, nothing to arm."""
+        self._expiry = expiry
+        if expiry is None:
+            return
+        loop = asyncio.get_running_loop()
+        self._when = loop.time() + timeout_s
+        if not self._limit.holds(self) or timeout_s <= 1.5 * self._limit.hold_s:
+            self.arm()
+
+    def arm(self) -> None:
+        if self._expiry is not None:
+            self._expiry.reschedule(self._when)
+            self._expiry = None
 
 
 class ModbusEndpoint:
@@ -242,14 +269,16 @@ class ModbusEndpoint:
         def where() -> str:
             return f"{self} unit {unit_id}: {what()}"
 
-        async with self._lock, self._in_flight.slot():
+        async with self._lock, self._in_flight.slot() as slot:
             client = await self._connected_client(timeout_s, where)
             quiet_s = self._quiet_until - time.monotonic()
             if quiet_s > 0:
                 await asyncio.sleep(quiet_s)
             try:
-                # asyncio.timeout, not wait_for: on Python 3.11 wait_for wraps each request in a task
-                async with asyncio.timeout(timeout_s):
+                # asyncio.timeout, not wait_for: on Python 3.11 wait_for wraps each request in a task.
+                # Armed by the in-flight sweep, only for a request not answered within the hold.
+                async with asyncio.timeout(None) as expiry:
+                    slot.expire(expiry, timeout_s)
                     response = await call(client)
             except TimeoutError:
                 if not client.connected:
@@ -265,6 +294,7 @@ class ModbusEndpoint:
                 self._drop()
                 raise ModbusConnectionLost(f"{where()}: {err}") from None
             finally:
+                slot.expire(None)
                 # From the end of this exchange (answered or not): a late answer from a slow unit has
                 # that long to arrive before the next request goes out on the line.
                 self._quiet_until = time.monotonic() + self.spec.effective_gap_s
@@ -358,10 +388,12 @@ class ModbusUnit:
                     c.read_input_registers if table == "input" else c.read_holding_registers
                 )(start, count=n, device_id=self.unit_id),
             )
-            registers = list(getattr(response, "registers", []))
+            registers = getattr(response, "registers", [])
             if len(registers) < n:
                 got = len(registers)
                 raise ModbusConnectionLost(f"{self}: read at {start}: {got} of {n} registers came back")
+            if n == count and len(registers) == n:
+                return registers  # one request: its answer, not a copy (polling makes thousands a second)
             out.extend(registers[:n])
         return out
 

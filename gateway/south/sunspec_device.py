@@ -309,8 +309,10 @@ class SunSpecDevice(BusDevice):
 
     async def _read_image(self) -> Image:
         started = time.monotonic()
+        spans = []
         with self._translated("read"):
-            spans = [(start, await self._unit.read(start, count)) for start, count in self._spans]
+            for start, count in self._spans:  # a loop, not a comprehension: one coroutine less per request
+                spans.append((start, await self._unit.read(start, count)))
         self._image = Image(spans, started=started)
         return self._image
 
