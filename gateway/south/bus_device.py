@@ -125,7 +125,7 @@ def coalesce(ranges: Iterable[tuple[int, int]], max_gap: int | None = None) -> l
     return [(start, end - start) for start, end in spans]
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)  # not frozen: made once a read and never kept, and a frozen one is slower to make
 class Quantities:
     """What a driver read, in SI units and the device's own sign convention; None = not reported."""
 

@@ -22,7 +22,7 @@ import math
 import struct
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from gateway.config import DeviceConfig
@@ -42,11 +42,13 @@ from gateway.south.sunspec_models import (
     BASE_ADDRESSES,
     END_MODEL_ID,
     SUNS_MARKER,
+    Decoder,
     ModelDef,
     PointDef,
     Value,
     apply_sf,
     decode,
+    decoder,
     encode,
     model_def,
     to_raw,
@@ -114,6 +116,13 @@ class Bound:
     address: int
     pdef: PointDef
     sf: Bound | int | None  # the bound scale-factor point, a fixed exponent, or None (unscaled)
+    decode: Decoder = field(init=False, repr=False, compare=False)  # from exactly its registers
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "decode", decoder(self.pdef))  # frozen: set once, here
+
+
+_UNREAD = object()
 
 
 class Image(RegisterImage):
@@ -125,11 +134,14 @@ class Image(RegisterImage):
         self._raw: dict[int, Value | None] = {}
 
     def raw(self, point: Bound) -> Value | None:
-        # not try/except KeyError: most points are decoded once a read, and raising costs more than a test
+        # each point decoded once a read; a get with a default, not try/except KeyError or a test and a
+        # lookup: a reading decodes a dozen points, thousands of readings a second at scale
         decoded = self._raw
-        if point.address not in decoded:
-            decoded[point.address] = decode(point.pdef, self.regs(point.address, point.pdef.size))
-        return decoded[point.address]
+        value = decoded.get(point.address, _UNREAD)
+        if value is _UNREAD:
+            pdef = point.pdef
+            value = decoded[point.address] = point.decode(self.regs(point.address, pdef.size))
+        return value  # type: ignore[return-value]
 
     def exponent(self, point: Bound) -> int | None:
         """The scale factor of `point`: 0 when unscaled, None when the device does not implement it."""
@@ -142,6 +154,8 @@ class Image(RegisterImage):
 
     def value(self, point: Bound) -> float | None:
         raw = self.raw(point)
+        if raw is None:
+            return None
         if isinstance(raw, str):
             raise TypeError(f"{point.label} is a string, not a number")
         return apply_sf(raw, self.exponent(point))
@@ -231,6 +245,7 @@ class SunSpecDevice(BusDevice):
                          backoff=backoff)
         self._map: BoundMap | None = None
         self._read_points: dict[str, list[Bound]] = {}
+        self._quantities: list[tuple[str, list[Bound]]] = []  # (Quantities field, its points), if any
         self._power_points: _PowerPoints | None = None
         self._heartbeat_point: Bound | None = None
         self._spans: list[tuple[int, int]] = []
@@ -275,6 +290,7 @@ class SunSpecDevice(BusDevice):
             raise DeviceFault(self.id, f"{err} (profile {self._cfg.profile!r}, kind {self._kind})") from None
         self._map = bound
         self._read_points = read_points
+        self._quantities = [(f, ps) for f, ps in read_points.items() if ps and f in _QUANTITIES]
         self._power_points = power
         self._heartbeat_point = heartbeat
         self._spans = read_spans([p for ps in read_points.values() for p in ps] + extra)
@@ -318,11 +334,7 @@ class SunSpecDevice(BusDevice):
 
     def _first(self, field: str, image: RegisterImage) -> float | None:
         assert isinstance(image, Image)
-        for point in self._read_points[field]:
-            value = image.value(point)
-            if value is not None:
-                return value
-        return None
+        return _first_value(self._read_points[field], image)
 
     def _status(self, image: Image) -> bool | None:
         status = self._map.variant.read.connected if self._map else None
@@ -340,23 +352,10 @@ class SunSpecDevice(BusDevice):
     def _reading(self, image: RegisterImage) -> Reading:
         assert isinstance(image, Image)
         limit_pct, setpoint_w = self._read_back(image)
-        return self._reading_from(Quantities(
-            p_w=self._first("p_w", image),
-            q_var=self._first("q_var", image),
-            v=self._first("v", image),
-            v_nominal=self._first("v_nominal", image),
-            hz=self._first("hz", image),
-            rated_w=self._first("rated_w", image),
-            available_w=self._first("available_w", image),
-            max_charge_w=self._first("max_charge_w", image),
-            max_discharge_w=self._first("max_discharge_w", image),
-            soc_pct=self._first("soc_pct", image),
-            soc_min_pct=self._first("soc_min_pct", image),
-            soc_max_pct=self._first("soc_max_pct", image),
-            connected=self._status(image),
-            limit_pct=limit_pct,
-            setpoint_w=setpoint_w,
-        ), image)
+        # only the quantities this device has points for (a PV inverter has no state of charge)
+        values = {field: _first_value(points, image) for field, points in self._quantities}
+        return self._reading_from(Quantities(**values, connected=self._status(image), limit_pct=limit_pct,
+                                             setpoint_w=setpoint_w), image)
 
     def _read_back(self, image: Image) -> tuple[float | None, float | None]:
         """(limit in %, setpoint in device W) in force according to the device's control registers."""
@@ -423,6 +422,19 @@ class SunSpecDevice(BusDevice):
         value = ((self._heartbeat or 0) + 1) % _HEARTBEAT_WRAP
         await self._write_points([self._point_write(point, value)], "heartbeat")
         self._heartbeat, self._heartbeat_at = value, now
+
+
+def _first_value(points: list[Bound], image: Image) -> float | None:
+    """The value of the first of `points` the device implements."""
+    for point in points:
+        value = image.value(point)
+        if value is not None:
+            return value
+    return None
+
+
+# The Quantities read from a point of their own (not connected, limit_pct, setpoint_w).
+_QUANTITIES = frozenset(f.name for f in fields(Quantities)) - {"connected", "limit_pct", "setpoint_w"}
 
 
 @dataclass(frozen=True)

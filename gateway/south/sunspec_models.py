@@ -92,8 +92,16 @@ def _to_regs(data: bytes) -> list[int]:
     return list(_registers(len(data) // 2).unpack(data))
 
 
+Decoder = Callable[[Sequence[int]], Value | None]
+
+
+def decoder(point: PointDef) -> Decoder:
+    """pysunspec2's decoding of `point` from exactly its registers, bound once (see `decode`)."""
+    return _decoder(point.type, point.size)
+
+
 @cache
-def _decoder(point_type: str, size: int) -> Callable[[Sequence[int]], Value | None]:
+def _decoder(point_type: str, size: int) -> Decoder:
     """pysunspec2's decoding of one point type, bound once: a reading decodes a dozen points and
     looking the codec up for each was most of a reading's cost."""
     info = ss_mb.point_type_info[point_type]
@@ -108,7 +116,7 @@ def _decoder(point_type: str, size: int) -> Callable[[Sequence[int]], Value | No
 
 def decode(point: PointDef, regs: Sequence[int]) -> Value | None:
     """The raw value of a point from its registers, or None when the device marks it not implemented."""
-    return _decoder(point.type, point.size)(regs[: point.size])
+    return decoder(point)(regs[: point.size])
 
 
 def encode(point: PointDef, value: Value | None) -> list[int]:
