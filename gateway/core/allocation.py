@@ -156,6 +156,12 @@ def readings_spread(reads: Sequence[tuple[float, float]], t: float) -> float:
     return sum(rate * abs(at - t) for at, rate in reads)
 
 
+def low_estimate(recent: Sequence[float]) -> float:
+    """The second lowest of a window of five load estimates; the lowest while there are three or fewer
+    (after a start): the credit leans to the side that keeps the export within its limit."""
+    return sorted(recent)[(len(recent) - 1) // 3]
+
+
 def pcc_at(history: Sequence[tuple[float, float]], t: float) -> float:
     """The metered PCC power at time `t`, interpolated between the (time, kW) readings around it (the
     first or last one outside them)."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from statistics import median
 
 from gateway.core.allocation import (
     DeviceRange,
@@ -27,6 +26,7 @@ from gateway.core.allocation import (
     controllable,
     device_total,
     limit_room,
+    low_estimate,
     zero_commands,
 )
 from gateway.core.arbitration import Context, assess, pcc_target, served_at
@@ -269,17 +269,20 @@ class Engine:
         requested = self._requested(served, dev, load, now)
         target = pcc_target(requested, eff, dev, load or 0.0)
         # The load credited against the export limit: the smaller of this cycle's estimate, less what the
-        # readings' spread in time leaves uncertain, and the median of the last LOAD_WINDOW. On a large
-        # site, device readings late against the meter's fake a rise while the output ramps (measured: up
-        # to +100 % at 1,000 devices, for one to three cycles); the median does not follow the short ones,
-        # and the spread takes out what the readings cannot tell while the devices move. A real rise
-        # counts once it has lasted three cycles; a fall at once.
+        # readings' spread in time leaves uncertain, and the second lowest of the last LOAD_WINDOW. On a
+        # large site, device readings late against the meter's fake a rise while the output ramps
+        # (measured: up to +100 % at 1,000 devices, for one to three cycles); the low order statistic
+        # does not follow them, and the spread takes out what the readings cannot tell while the devices
+        # move. Not the median: an estimate too high lets the export over the limit, one too low only
+        # leaves some of it unused, and at 1,000 devices the median was above the true load in 5 of 116
+        # cycles (by up to 76 kW), the second lowest in 1 (by 23). A real rise counts once it has lasted
+        # four cycles; a fall at once.
         recent: tuple[float, ...] = ()
         export_load = None
         if load is not None and meter_ok is not None:
             before = st.view.recent_loads_kw if st.view else ()
             recent = (*before, load)[-LOAD_WINDOW:] if new_readings or not before else before
-            export_load = min(load - meter_ok.load_spread_kw, median(recent))
+            export_load = min(load - meter_ok.load_spread_kw, low_estimate(recent))
         total = device_total(target.kw, load, eff, dev, params.limit_margin_kw, export_load)
         room = limit_room(total, export_load, eff, params.limit_margin_kw)
         commands = (zero_commands(devices, eff.disconnect) if eff.zeroed_by

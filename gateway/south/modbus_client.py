@@ -185,10 +185,12 @@ class InFlight:
     def _free_overdue(self) -> None:
         loop = asyncio.get_running_loop()
         since = loop.time() - self.hold_s
-        for slot in [s for s, at in self._taken.items() if at <= since]:
-            self.give_back(slot)
-            slot.arm()
-        self._sweep = loop.call_later(self.hold_s / 2, self._free_overdue) if self._taken else None
+        try:
+            for slot in [s for s, at in self._taken.items() if at <= since]:
+                self.give_back(slot)
+                slot.arm()
+        finally:  # whatever happens, the sweeps go on: without them no request would ever time out
+            self._sweep = loop.call_later(self.hold_s / 2, self._free_overdue) if self._taken else None
 
 
 class _Slot:

@@ -113,7 +113,8 @@ class Site:
         self.last = c
         return c
 
-    def settle(self, cycles: int = 3, seconds: float = 1.0) -> Cycle:
+    def settle(self, cycles: int = 4, seconds: float = 1.0) -> Cycle:
+        # 4: a rise of the load estimate counts against the export limit from the fourth cycle
         for _ in range(cycles):
             c = self.cycle(seconds)
         return c

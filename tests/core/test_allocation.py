@@ -188,25 +188,26 @@ def test_the_load_estimate_takes_the_pcc_at_the_time_of_the_device_readings() ->
     assert Engine(PARAMS, T0).cycle(T0, without, devices).decision.load_kw == pytest.approx(320.0)
 
 
-def test_a_rise_of_the_load_estimate_counts_against_the_export_limit_from_the_third_cycle() -> None:
+def test_a_rise_of_the_load_estimate_counts_against_the_export_limit_from_the_fourth_cycle() -> None:
     site = Site(load_kw=20.0)  # PV alone would export 340 kW: the 300 kW export cap binds
     before = site.settle().decision
     assert before.export_binding == "connection_agreement"
     assert site.pcc_kw == pytest.approx(300.0 - PARAMS.limit_margin_kw)
     site.load_kw = 60.0  # a rise (or device readings late against the meter, which look the same)
-    first, second = site.cycle().decision, site.cycle().decision
+    first, second, third = site.cycle().decision, site.cycle().decision, site.cycle().decision
     assert first.load_kw == pytest.approx(60.0)
-    assert first.device_total_kw == second.device_total_kw == pytest.approx(before.device_total_kw)
-    third = site.cycle().decision
-    assert third.device_total_kw == pytest.approx(before.device_total_kw + 40.0)
+    assert first.device_total_kw == second.device_total_kw == third.device_total_kw \
+        == pytest.approx(before.device_total_kw)
+    fourth = site.cycle().decision
+    assert fourth.device_total_kw == pytest.approx(before.device_total_kw + 40.0)
     site.load_kw = 10.0  # a fall counts at once
     assert site.cycle().decision.device_total_kw == pytest.approx(before.device_total_kw - 10.0)
 
 
-def test_two_cycles_of_a_faked_rise_of_the_load_estimate_never_raise_the_export() -> None:
+def test_three_cycles_of_a_faked_rise_of_the_load_estimate_never_raise_the_export() -> None:
     site = Site(load_kw=20.0)
     before = site.settle().decision
-    for _ in range(2):  # readings late against the meter's while the output ramps, for two cycles
+    for _ in range(3):  # readings late against the meter's while the output ramps, for three cycles
         site.load_kw = 200.0
         assert site.cycle().decision.device_total_kw == pytest.approx(before.device_total_kw)
     site.load_kw = 20.0
