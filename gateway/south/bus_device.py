@@ -23,8 +23,7 @@ import asyncio
 import math
 import time
 from abc import abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, Self
@@ -409,16 +408,29 @@ class BusDevice(Device):
                 for w in group:
                     self._record(WriteRecord(self.id, w.label, w.address, w.raw, result, purpose, stamp))
 
-    @contextmanager
-    def _translated(self, what: str) -> Iterator[None]:
+    def _translated(self, what: str) -> _Translated:
         """Modbus errors → DeviceOffline (no answer) or DeviceFault (the device refused)."""
-        try:
-            yield
-        except ModbusError as err:
+        return _Translated(self.id, what)
+
+
+class _Translated:
+    """`with device._translated(what):` (a class, not @contextmanager: the polling enters one for every
+    read, and a generator-based one costs several times as much)."""
+
+    __slots__ = ("_device_id", "_what")
+
+    def __init__(self, device_id: str, what: str) -> None:
+        self._device_id, self._what = device_id, what
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: object) -> None:
+        if isinstance(err, ModbusError):
             cls = DeviceFault if isinstance(err, ModbusExceptionResponse) else DeviceOffline
-            raise cls(self.id, f"{what}: {err}") from err
-        except ValueError as err:
-            raise DeviceFault(self.id, f"{what}: {err}") from None
+            raise cls(self._device_id, f"{self._what}: {err}") from err
+        if isinstance(err, ValueError):
+            raise DeviceFault(self._device_id, f"{self._what}: {err}") from None
 
 
 def _contiguous(writes: Sequence[PointWrite]) -> list[list[PointWrite]]:
