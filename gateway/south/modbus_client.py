@@ -165,6 +165,7 @@ class InFlight:
         self.hold_s = hold_s
         self._taken: dict[_Slot, float] = {}  # held places and when they were taken (loop time)
         self._sweep: asyncio.TimerHandle | None = None
+        self._sweep_loop: asyncio.AbstractEventLoop | None = None
 
     def slot(self) -> _Slot:
         return _Slot(self)
@@ -172,8 +173,9 @@ class InFlight:
     def take(self, slot: _Slot) -> None:
         loop = asyncio.get_running_loop()
         self._taken[slot] = loop.time()
-        if self._sweep is None:
-            self._sweep = loop.call_later(self.hold_s / 2, self._free_overdue)
+        # a sweep left on an event loop that has ended will never run: start one on this loop
+        if self._sweep is None or self._sweep_loop is not loop:
+            self._sweep, self._sweep_loop = loop.call_later(self.hold_s / 2, self._free_overdue), loop
 
     def holds(self, slot: _Slot) -> bool:
         return slot in self._taken
