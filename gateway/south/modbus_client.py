@@ -211,20 +211,21 @@ class _Slot:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        self._expiry = None
         self._limit.give_back(self)
 
-    def expire(self, expiry: asyncio.Timeout | None, timeout_s: float = 0.0) -> None:
+    def expire(self, expiry: asyncio.Timeout, timeout_s: float) -> None:
         """Let the request's `expiry` (entered as `asyncio.timeout(None)`) fire `timeout_s` from now. It
         is armed when the place is given up, or at once if that has happened already or would come too
-        late; None: the request is over, nothing to arm."""
+        late."""
         self._expiry = expiry
-        if expiry is None:
-            return
         loop = asyncio.get_running_loop()
         self._when = loop.time() + timeout_s
         if not self._limit.holds(self) or timeout_s <= 1.5 * self._limit.hold_s:
             self.arm()
+
+    def disarm(self) -> None:
+        """The request is over (its `expiry` exited): nothing to arm any more."""
+        self._expiry = None
 
     def arm(self) -> None:
         if self._expiry is not None:
@@ -298,7 +299,7 @@ class ModbusEndpoint:
                 self._drop()
                 raise ModbusConnectionLost(f"{where()}: {err}") from None
             finally:
-                slot.expire(None)
+                slot.disarm()
                 # From the end of this exchange (answered or not): a late answer from a slow unit has
                 # that long to arrive before the next request goes out on the line.
                 self._quiet_until = time.monotonic() + self.spec.effective_gap_s

@@ -22,7 +22,7 @@ import math
 import struct
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from gateway.config import DeviceConfig
@@ -42,13 +42,11 @@ from gateway.south.sunspec_models import (
     BASE_ADDRESSES,
     END_MODEL_ID,
     SUNS_MARKER,
-    Decoder,
     ModelDef,
     PointDef,
     Value,
     apply_sf,
     decode,
-    decoder,
     encode,
     model_def,
     to_raw,
@@ -116,10 +114,6 @@ class Bound:
     address: int
     pdef: PointDef
     sf: Bound | int | None  # the bound scale-factor point, a fixed exponent, or None (unscaled)
-    decode: Decoder = field(init=False, repr=False, compare=False)  # from exactly its registers
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "decode", decoder(self.pdef))  # frozen: set once, here
 
 
 _UNREAD = object()
@@ -140,7 +134,7 @@ class Image(RegisterImage):
         value = decoded.get(point.address, _UNREAD)
         if value is _UNREAD:
             pdef = point.pdef
-            value = decoded[point.address] = point.decode(self.regs(point.address, pdef.size))
+            value = decoded[point.address] = pdef.decode(self.regs(point.address, pdef.size))
         return value  # type: ignore[return-value]
 
     def exponent(self, point: Bound) -> int | None:

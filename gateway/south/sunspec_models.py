@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 
 import sunspec2.device as ss_device
 import sunspec2.mb as ss_mb
@@ -25,6 +25,7 @@ END_MODEL_ID = 0xFFFF
 BASE_ADDRESSES = (40000, 0, 50000)
 
 Value = int | float | str
+Decoder = Callable[[Sequence[int]], Value | None]
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,11 @@ class PointDef:
     access: str  # "R" or "RW"
     units: str | None
     symbols: dict[str, int]
+
+    @cached_property
+    def decode(self) -> Decoder:
+        """pysunspec2's decoding of this point from exactly its registers, looked up once (see `decode`)."""
+        return _decoder(self.type, self.size)
 
 
 @dataclass(frozen=True)
@@ -92,14 +98,6 @@ def _to_regs(data: bytes) -> list[int]:
     return list(_registers(len(data) // 2).unpack(data))
 
 
-Decoder = Callable[[Sequence[int]], Value | None]
-
-
-def decoder(point: PointDef) -> Decoder:
-    """pysunspec2's decoding of `point` from exactly its registers, bound once (see `decode`)."""
-    return _decoder(point.type, point.size)
-
-
 @cache
 def _decoder(point_type: str, size: int) -> Decoder:
     """pysunspec2's decoding of one point type, bound once: a reading decodes a dozen points and
@@ -116,7 +114,7 @@ def _decoder(point_type: str, size: int) -> Decoder:
 
 def decode(point: PointDef, regs: Sequence[int]) -> Value | None:
     """The raw value of a point from its registers, or None when the device marks it not implemented."""
-    return decoder(point)(regs[: point.size])
+    return point.decode(regs[: point.size])
 
 
 def encode(point: PointDef, value: Value | None) -> list[int]:

@@ -163,7 +163,7 @@ def test_the_export_credit_leaves_out_the_spread_of_the_readings() -> None:
 
 def test_a_cycle_on_the_last_readings_does_not_count_their_load_estimate_again() -> None:
     # The cycles an instruction triggers decide on the last cycle's readings: a faked rise seen in one
-    # read must not fill the median window by being decided on twice more.
+    # read must not fill the window of load estimates by being decided on twice more.
     devices = [replace(pv("pv1", 225.0), p_kw=200.0), replace(pv("pv2", 225.0), p_kw=220.0)]
     steady = MeterReading(400.0, 0.0, 1.0, 60.0, True, False)  # load 20 kW
     faked = replace(steady, p_kw=220.0)  # 200 kW
