@@ -167,9 +167,6 @@ class Gateway:
         self._wake = asyncio.Event()
         self._handing_out: asyncio.Task | None = None  # the last cycle's commands on their way (_hand_out)
         self._outbox_lock = asyncio.Lock()
-        # One batch of answers at a time: without it a control cycle could publish `started` between an
-        # instruction's `received` and its `accepted` (TDC-01 order), as publishing awaits each PUBACK.
-        self._publish_lock = asyncio.Lock()
         self._online: dict[str, bool] = {}
         self.last_cycle_s = 0.0  # how long the last control cycle took (read, decide, hand out writes)
         self.on_cycle_time: Callable[[float], None] | None = None  # told each cycle's duration (/metrics)
@@ -219,11 +216,14 @@ class Gateway:
         return [encode_outbound(out, self.site.site.id) for out in outs]
 
     async def _publish(self, encoded: list[Encoded]) -> None:
-        async with self._publish_lock:
-            # Pipelined: the publishes leave in call order (MQTT keeps a session's QoS 1 order), and the
-            # lock is held for one broker round trip, not one per message.
-            await asyncio.gather(*(self.link.publish(suffix, payload, retain=suffix.endswith("availability"))
-                                   for suffix, payload in encoded))
+        """Publish one batch of answers, pipelined. gather starts a task per message, in order, and each
+        hands its message to paho in its first step: a batch is queued whole, in one turn of the loop, so
+        it leaves in order (MQTT keeps a session's QoS 1 order) and two batches never interleave (a cycle's
+        `started` never comes between an instruction's `received` and its decision, TDC-01). No lock is
+        held while the broker acknowledges: at 1,000 devices an instruction's `received` waited up to
+        ~50 ms behind the acknowledgements of a cycle's answers (measured)."""
+        await asyncio.gather(*(self.link.publish(suffix, payload, retain=suffix.endswith("availability"))
+                               for suffix, payload in encoded))
 
     # ---- the control cycle -----------------------------------------------------------------------------
     def _readings(self) -> tuple[MeterReading | None, list[DeviceReading]]:

@@ -42,6 +42,8 @@ async def test_tdc_01_every_instruction_gets_received_then_exactly_one_decision(
     await rig.response("e-01", "accepted", start=mark2)
     statuses = [r["status"] for r in rig.responses("d-01", start=mark)]
     assert statuses[0] == "received"
+    assert statuses[1] in DECISIONS, statuses  # nothing between (the cycle it triggers says `started`)
+    assert "started" in statuses[2:], statuses
     assert sum(s in DECISIONS for s in statuses) == 1, statuses
 
 
