@@ -182,4 +182,3 @@ async def test_a_request_left_unanswered_gives_up_its_in_flight_place(serve) -> 
     finally:
         await pool.close()
         mute.close()
-
