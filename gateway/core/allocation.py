@@ -157,8 +157,9 @@ def readings_spread(reads: Sequence[tuple[float, float]], t: float) -> float:
 
 
 def low_estimate(recent: Sequence[float]) -> float:
-    """The second lowest of a window of five load estimates; the lowest while there are three or fewer
-    (after a start): the credit leans to the side that keeps the export within its limit."""
+    """The second lowest of a window of five load estimates (their low ends, see Engine.cycle); the
+    lowest while there are three or fewer (after a start): the credit leans to the side that keeps the
+    export within its limit."""
     return sorted(recent)[(len(recent) - 1) // 3]
 
 

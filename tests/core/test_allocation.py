@@ -161,6 +161,22 @@ def test_the_export_credit_leaves_out_the_spread_of_the_readings() -> None:
     assert decision.device_total_kw == pytest.approx(total - 30.0)
 
 
+def test_the_export_credit_counts_each_past_estimate_less_its_spread() -> None:
+    # Load 20 kW. Four cycles of readings late against the meter while the devices ramp show 40 kW,
+    # and their spread says 25 of it is uncertain; then one shows 30 kW with a spread of 5 that falls
+    # short of its error. Past estimates taken at face value (40, 40, 40, 40, 30) would credit 25 kW
+    # and let the export 5 kW over the cap; their low ends (15, 15, 15, 15, 25) credit 15.
+    devices = [replace(pv("pv1", 225.0), p_kw=200.0), replace(pv("pv2", 225.0), p_kw=220.0)]
+    steady = MeterReading(400.0, 0.0, 1.0, 60.0, True, False)
+    engine = Engine(PARAMS, T0)
+    engine.cycle(T0, steady, devices)
+    for _ in range(4):
+        engine.cycle(T0, replace(steady, p_kw=380.0, load_spread_kw=25.0), devices)
+    last = engine.cycle(T0, replace(steady, p_kw=390.0, load_spread_kw=5.0), devices).decision
+    assert last.load_kw == pytest.approx(30.0)
+    assert last.device_total_kw == pytest.approx(300.0 - PARAMS.limit_margin_kw + 15.0)
+
+
 def test_a_cycle_on_the_last_readings_does_not_count_their_load_estimate_again() -> None:
     # The cycles an instruction triggers decide on the last cycle's readings: a faked rise seen in one
     # read must not fill the window of load estimates by being decided on twice more.
