@@ -275,11 +275,11 @@ class Engine:
         # while the output ramps (measured: up to +100 % at 1,000 devices, for one to three cycles); the
         # low order statistic does not follow them, and the spread takes out what the readings cannot
         # tell while the devices move. Not the median: an estimate too high lets the export over the
-        # limit, one too low only leaves some of it unused; at 1,000 devices the median was above the
-        # true load in 5 of 116 cycles (by up to 76 kW), the second lowest of the plain estimates in 3
-        # of 108 (by up to 10 kW: the spread fell short of a late reading's error), and replayed on
-        # those two runs' logs the second lowest of the low ends was above it in none of their 220. A
-        # real rise counts once it has lasted four cycles; a fall at once.
+        # limit, one too low only leaves some of it unused. Replayed on the logged cycles of two
+        # 1,000-device runs, the second lowest of the plain estimates was above the true load in 7 of
+        # 220 (by up to 23 kW: late readings whose spread fell short of their error), the second lowest
+        # of the low ends in none; the median, in 5 of 116 cycles of one run (by up to 76 kW). A real
+        # rise counts once it has lasted four cycles; a fall at once.
         recent: tuple[float, ...] = ()
         export_load = None
         if load is not None and meter_ok is not None:
