@@ -13,18 +13,14 @@ import logging
 import random
 import socket
 import ssl
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 import aiomqtt
 
 from gateway.config import MqttSection, TlsFileError
-
-if TYPE_CHECKING:
-    from paho.mqtt.client import Client as PahoClient
 
 log = logging.getLogger(__name__)
 
@@ -183,39 +179,6 @@ class MqttLink:
             await self._on_message(Inbound(topic, parts[0], parts[1], payload))
         except Exception:  # a bug in handling one message must never stop the link
             log.exception("mqtt: error while handling a message on %s", topic)
-
-    async def publish_many(self, messages: Sequence[tuple[str, bytes, bool]]) -> list[bool]:
-        """Publish (suffix, payload, retain) messages pipelined, each as `publish`. gather starts a task
-        per message, in order, and each hands its message to paho in its first step: the batch is
-        queued whole in one turn of the loop, so it leaves in order (MQTT keeps a session's QoS 1 order)
-        and two batches never interleave. Right after them, in that same turn, paho writes them out."""
-        sent = asyncio.gather(*(self.publish(suffix, payload, retain) for suffix, payload, retain
-                                in messages))
-        asyncio.get_running_loop().call_soon(self._write_now)  # after the tasks' first steps (FIFO)
-        return await sent
-
-    def _write_now(self) -> None:
-        """Have paho write what it has queued. Left to aiomqtt, paho asks for the socket's writability
-        through call_soon_threadsafe(add_writer), and writes two turns of the loop later: at 1,000
-        devices a turn can last tens of ms, and from paho's publish to its write took up to 52 ms
-        (measured). What paho cannot write now waits for that writability as before."""
-        if self._client is None:
-            return
-        paho = self._client._client  # aiomqtt keeps its paho client private
-        try:
-            paho.loop_write()
-        except Exception as err:  # aiomqtt's own writer callback meets it too, and disconnects
-            log.info("mqtt: writing to %s failed (%s)", self.cfg.broker, err)
-        if not paho.want_write() and (sock := paho.socket()) is not None:
-            # The add_writer that paho asked for is still to come, in the next turn, and paho now counts
-            # the socket as unregistered, so it would never remove it: the loop would wake for an
-            # always-writable socket on every turn. Remove it right after it is added.
-            asyncio.get_running_loop().call_soon(self._drop_writer, paho, sock.fileno())
-
-    @staticmethod
-    def _drop_writer(paho: PahoClient, fd: int) -> None:
-        if not paho.want_write():  # else paho has queued more since, and its writer is wanted
-            asyncio.get_running_loop().remove_writer(fd)
 
     async def publish(self, suffix: str, payload: bytes, retain: bool = False) -> bool:
         """Publish under the site prefix; False when the broker is not reachable now."""
