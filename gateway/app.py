@@ -216,14 +216,13 @@ class Gateway:
         return [encode_outbound(out, self.site.site.id) for out in outs]
 
     async def _publish(self, encoded: list[Encoded]) -> None:
-        """Publish one batch of answers, pipelined. gather starts a task per message, in order, and each
-        hands its message to paho in its first step: a batch is queued whole, in one turn of the loop, so
-        it leaves in order (MQTT keeps a session's QoS 1 order) and two batches never interleave (a cycle's
-        `started` never comes between an instruction's `received` and its decision, TDC-01). No lock is
-        held while the broker acknowledges: at 1,000 devices an instruction's `received` waited up to
-        59 ms behind the acknowledgements of a cycle's answers (measured)."""
-        await asyncio.gather(*(self.link.publish(suffix, payload, retain=suffix.endswith("availability"))
-                               for suffix, payload in encoded))
+        """Publish one batch of answers, pipelined: queued whole in one turn of the loop, so two batches
+        never interleave (a cycle's `started` never comes between an instruction's `received` and its
+        decision, TDC-01; see MqttLink.publish_many). No lock is held while the broker acknowledges: at
+        1,000 devices an instruction's `received` waited up to 59 ms behind the acknowledgements of a
+        cycle's answers (measured)."""
+        await self.link.publish_many([(suffix, payload, suffix.endswith("availability"))
+                                      for suffix, payload in encoded])
 
     # ---- the control cycle -----------------------------------------------------------------------------
     def _readings(self) -> tuple[MeterReading | None, list[DeviceReading]]:
@@ -387,7 +386,7 @@ class Gateway:
                         for seq, p in batch]
             # Pipelined: publishes leave in call order (MQTT keeps the order of one session's QoS 1
             # messages), and the batch counts as sent when the broker has acknowledged every one.
-            sent = await asyncio.gather(*(self.link.publish("gateway/telemetry", p) for p in payloads))
+            sent = await self.link.publish_many([("gateway/telemetry", p, False) for p in payloads])
             if not all(sent):
                 # The broker went away again: the batch stays, to go again in full on the next
                 # connection; a subscriber may then see a seq twice, never a gap.

@@ -13,12 +13,15 @@ import logging
 import random
 import socket
 import ssl
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import aiomqtt
+import paho.mqtt.client as paho
 
 from gateway.config import MqttSection, TlsFileError
 
@@ -108,6 +111,36 @@ def _check_readable(name: str, path: Path | None) -> None:
         raise TlsFileError(f"[mqtt] {name} {_shown(path)}: cannot be read ({err.strerror})") from None
 
 
+class _Client(aiomqtt.Client):
+    """aiomqtt's client, with paho's socket writer registered in the turn paho asks for it.
+
+    aiomqtt registers it through call_soon_threadsafe(add_writer), because paho asks from the executor
+    thread that runs its connect. From the loop's own thread that defers the write by two turns of the
+    loop (up to 52 ms at 1,000 devices, measured), and it lets paho's view of the registration lag the
+    loop's: a write made in between (`write_now`) leaves a writer added after paho dropped it, maybe on
+    a closed or reused socket. Registered at once on the loop's thread, the two always agree.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._loop_thread = threading.get_ident()
+
+    def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
+        if threading.get_ident() != self._loop_thread:
+            super()._on_socket_register_write(client, userdata, sock)
+        else:
+            self._loop.add_writer(sock.fileno(), self.write_now)
+
+    def write_now(self) -> None:
+        """Write what paho has queued, as far as the socket takes it (paho then keeps or drops its
+        writer). What paho does itself when no event loop drives it."""
+        try:
+            self._client.loop_write()
+        except Exception as exc:  # as aiomqtt's writer: a broken socket ends the connection
+            if not self._disconnected.done():
+                self._disconnected.set_exception(exc)
+
+
 class MqttLink:
     def __init__(self, cfg: MqttSection, site_id: str, on_message: OnMessage, on_connect: OnConnect,
                  offline_payload: bytes) -> None:
@@ -117,7 +150,7 @@ class MqttLink:
         self._on_message = on_message
         self._on_connect = on_connect
         self._offline_payload = offline_payload
-        self._client: aiomqtt.Client | None = None
+        self._client: _Client | None = None
         self.connected = asyncio.Event()
         self.reconnects = 0
         self._tls: ssl.SSLContext | None = None
@@ -127,11 +160,11 @@ class MqttLink:
             log.warning("mqtt: %s is not mqtts://, so [mqtt] cert_file/key_file are not used and the link "
                         "is not encrypted", cfg.broker)
 
-    def _make_client(self) -> aiomqtt.Client:
+    def _make_client(self) -> _Client:
         host, port, tls = broker_address(self.cfg.broker)
         if tls and self._tls is None:  # the broker URL was changed to mqtts:// after the start
             self._tls = _tls_context(self.cfg)
-        return aiomqtt.Client(
+        return _Client(
             host,
             port,
             identifier=self.cfg.client_id or f"der-gateway-{self.site_id}",
@@ -179,6 +212,17 @@ class MqttLink:
             await self._on_message(Inbound(topic, parts[0], parts[1], payload))
         except Exception:  # a bug in handling one message must never stop the link
             log.exception("mqtt: error while handling a message on %s", topic)
+
+    async def publish_many(self, messages: Sequence[tuple[str, bytes, bool]]) -> list[bool]:
+        """Publish (suffix, payload, retain) messages pipelined, each as `publish`. gather starts a task
+        per message, in order, and each hands its message to paho in its first step: the batch is
+        queued whole in one turn of the loop, so it leaves in order (MQTT keeps a session's QoS 1 order)
+        and two batches never interleave. Right after those steps, in that same turn, paho writes them."""
+        sent = asyncio.gather(*(self.publish(suffix, payload, retain) for suffix, payload, retain
+                                in messages))
+        if self._client is not None:
+            asyncio.get_running_loop().call_soon(self._client.write_now)  # after the tasks' steps (FIFO)
+        return await sent
 
     async def publish(self, suffix: str, payload: bytes, retain: bool = False) -> bool:
         """Publish under the site prefix; False when the broker is not reachable now."""
