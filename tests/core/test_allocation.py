@@ -177,6 +177,39 @@ def test_the_export_credit_counts_each_past_estimate_less_its_spread() -> None:
     assert last.device_total_kw == pytest.approx(300.0 - PARAMS.limit_margin_kw + 15.0)
 
 
+def test_the_export_credit_is_never_more_than_the_last_commands_less_the_metered_export() -> None:
+    # Load 20 kW, the devices at their commands. Five cycles in a row, readings late against the meter
+    # fake a load of 40 kW with a spread of 5 that falls short of their error: every low end is 35, and
+    # alone they would credit 35 and let the export 15 kW over the cap. The meter and the commands the
+    # devices follow say the load is at most Σ commands − PCC = 20.
+    devices = [replace(pv("pv1", 225.0), p_kw=200.0), replace(pv("pv2", 225.0), p_kw=220.0)]
+    engine = Engine(PARAMS, T0)
+    cycle = engine.cycle(T0, MeterReading(400.0, 0.0, 1.0, 60.0, True, False), devices)
+    for _ in range(5):
+        commanded = {c.id: c.p_kw for c in cycle.commands}
+        devices = [replace(d, p_kw=commanded[d.id]) for d in devices]
+        total = sum(commanded.values())
+        meter = MeterReading(total - 20.0, 0.0, 1.0, 60.0, True, False, p_kw_at_devices=total - 40.0,
+                             load_spread_kw=5.0)
+        cycle = engine.cycle(T0, meter, devices)
+        assert cycle.decision.load_kw == pytest.approx(40.0)
+        assert cycle.decision.device_total_kw == pytest.approx(300.0 - PARAMS.limit_margin_kw + 20.0)
+
+
+def test_a_device_above_its_command_counts_with_its_reading_in_the_metered_bound() -> None:
+    # pv2 is still coming down from a higher command (or not following): taking its command for its
+    # output would take the 30 kW it is over for load the site does not have, and curtail the rest.
+    devices = [replace(pv("pv1", 225.0), p_kw=200.0), replace(pv("pv2", 225.0), p_kw=220.0)]
+    engine = Engine(PARAMS, T0)
+    cycle = engine.cycle(T0, MeterReading(400.0, 0.0, 1.0, 60.0, True, False), devices)
+    commanded = {c.id: c.p_kw for c in cycle.commands}
+    devices = [replace(devices[0], p_kw=commanded["pv1"]), replace(devices[1], p_kw=commanded["pv2"] + 30.0)]
+    pcc = sum(d.p_kw for d in devices) - 20.0
+    decision = engine.cycle(T0, MeterReading(pcc, 0.0, 1.0, 60.0, True, False), devices).decision
+    assert decision.load_kw == pytest.approx(20.0)
+    assert decision.device_total_kw == pytest.approx(300.0 - PARAMS.limit_margin_kw + 20.0)
+
+
 def test_a_cycle_on_the_last_readings_does_not_count_their_load_estimate_again() -> None:
     # The cycles an instruction triggers decide on the last cycle's readings: a faked rise seen in one
     # read must not fill the window of load estimates by being decided on twice more.
