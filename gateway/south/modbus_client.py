@@ -23,6 +23,7 @@ pymodbus's client.
 from __future__ import annotations
 
 import asyncio
+import struct
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -30,9 +31,10 @@ from typing import Literal
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.client.base import ModbusBaseClient
-from pymodbus.exceptions import ModbusException
+from pymodbus.exceptions import ModbusException, ModbusIOException
 from pymodbus.framer import FramerType
 from pymodbus.pdu import ModbusPDU
+from pymodbus.pdu.register_message import ReadHoldingRegistersResponse, ReadInputRegistersResponse
 
 from gateway.south.backoff import Backoff
 
@@ -233,6 +235,32 @@ class _Slot:
             self._expiry = None
 
 
+def _registers(pdu: ModbusPDU, data: bytes) -> None:
+    """Decode a read response's registers as pymodbus does (byte count, then big-endian words; a byte
+    count past the data is an error), in one struct call: pymodbus unpacks them one by one, a third
+    of the polling's CPU at 125-register reads (measured), which left the driver short of the
+    throughput of bare pymodbus at 100 devices."""
+    if (count := data[0]) >= len(data):
+        raise ModbusIOException(f"byte_count {count} > length of packet {len(data)}",
+                                function_code=pdu.function_code)
+    pdu.registers = list(struct.unpack_from(f">{count // 2}H", data, 1))
+
+
+class _HoldingRegisters(ReadHoldingRegistersResponse):
+    """FC3's response, registered with each client through pymodbus's `register` (its way to supply a
+    response class): pymodbus's own but for `_registers`."""
+
+    def decode(self, data: bytes) -> None:
+        _registers(self, data)
+
+
+class _InputRegisters(ReadInputRegistersResponse):
+    """FC4's response, as `_HoldingRegisters`."""
+
+    def decode(self, data: bytes) -> None:
+        _registers(self, data)
+
+
 class ModbusEndpoint:
     """One bus (see `BusSpec`): its connection, shared by every unit id on it."""
 
@@ -314,17 +342,22 @@ class ModbusEndpoint:
 
     def _new_client(self) -> ModbusBaseClient:
         spec, line = self.spec, self.spec.serial
+        client: ModbusBaseClient
         if line is not None:
-            return AsyncModbusSerialClient(
+            client = AsyncModbusSerialClient(
                 line.port, framer=FramerType.RTU, baudrate=line.baudrate, bytesize=line.bytesize,
                 parity=line.parity, stopbits=line.stopbits, timeout=_PYMODBUS_TIMEOUT_S, retries=0,
                 reconnect_delay=0,
             )
-        framer = FramerType.RTU if spec.transport == "rtu_over_tcp" else FramerType.SOCKET
-        return AsyncModbusTcpClient(
-            spec.host, port=spec.port, framer=framer, timeout=_PYMODBUS_TIMEOUT_S, retries=0,
-            reconnect_delay=0,
-        )
+        else:
+            framer = FramerType.RTU if spec.transport == "rtu_over_tcp" else FramerType.SOCKET
+            client = AsyncModbusTcpClient(
+                spec.host, port=spec.port, framer=framer, timeout=_PYMODBUS_TIMEOUT_S, retries=0,
+                reconnect_delay=0,
+            )
+        client.register(_HoldingRegisters)
+        client.register(_InputRegisters)
+        return client
 
     async def _connected_client(self, timeout_s: float, where: Callable[[], str]) -> ModbusBaseClient:
         if self._client is not None and self._client.connected:
