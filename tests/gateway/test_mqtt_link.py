@@ -1,8 +1,9 @@
 """The gateway's MQTT link against a real mosquitto: how it hands a batch of answers to the socket.
 
-The link has paho write a batch in the turn it is queued, and registers paho's socket writer in the
-turn paho asks for it. These tests hold the invariant that makes that safe: the loop has a writer on
-the link's socket exactly while paho has something to write, also when a write fails.
+The link hands a batch to paho and has paho write it in the caller's turn, and registers paho's
+socket writer in the turn paho asks for it. These tests hold the invariant that makes that safe: the
+loop has a writer on the link's socket exactly while paho has something to write, also when a write
+fails.
 """
 
 from __future__ import annotations
@@ -72,15 +73,15 @@ async def test_a_batch_whose_write_fails_leaves_no_writer_and_the_link_comes_bac
     # next, taking over that socket's writer (a connect that never completes).
     async with _connected(broker) as (link, peer, sock):
         fd = sock.fileno()
-        # Turn by turn (the loop runs callbacks first in, first out): publish_many's step queues the
-        # batch's publishes and its write for the next turn; two hops put the shutdown just before
-        # them and the new socket just after, with no poll of the sockets in between, so paho still
-        # counts itself connected when it publishes and the write is the first to find out.
+        # Turn by turn (the loop runs callbacks first in, first out): publish_many's first step hands the
+        # batch to paho and writes it; the shutdown comes just before that step and the new socket just
+        # after, in the same turn, with no poll of the sockets in between, so paho still counts itself
+        # connected when it publishes and the write is the first to find out.
         loop = asyncio.get_running_loop()
         reused: list[socket.socket] = []
-        loop.call_soon(loop.call_soon, sock.shutdown, socket.SHUT_WR)  # the next send fails (EPIPE)
+        loop.call_soon(sock.shutdown, socket.SHUT_WR)  # the next send fails (EPIPE)
         sending = asyncio.ensure_future(link.publish_many(_batch(0, 5)))
-        loop.call_soon(loop.call_soon, lambda: reused.append(socket.socket()))  # lowest free number
+        loop.call_soon(lambda: reused.append(socket.socket()))  # the lowest free number
         try:
             assert await asyncio.wait_for(sending, 15) == [False] * 5
             assert reused[0].fileno() == fd, "the test's premise: the new socket has the old number"
