@@ -140,26 +140,27 @@ class _Client(aiomqtt.Client):
             if not self._disconnected.done():
                 self._disconnected.set_exception(exc)
 
-    def queue(self, topic: str, payload: bytes, retain: bool) -> Awaitable[None]:
-        """aiomqtt's `publish` at QoS 1, with paho's part done now, in the caller's turn: what is
-        returned waits for the broker's acknowledgement. aiomqtt's does that part in the first step of
-        its coroutine, a turn of the loop later (at 1,000 devices a turn can take 10-20 ms, and an
-        answer crossed three). Raises MqttCodeError as aiomqtt's does."""
+    def queue(self, topic: str, payload: bytes, retain: bool) -> asyncio.Event:
+        """aiomqtt's `publish` at QoS 1, with paho's part done now, in the caller's turn; the event is
+        set when the broker acknowledges (await it with `acknowledged`). aiomqtt's does that part in
+        the first step of its coroutine, a turn of the loop later (at 1,000 devices a turn can take
+        10-20 ms, and an answer crossed three). Raises MqttCodeError as aiomqtt's does."""
         info = self._client.publish(topic, payload, 1, retain)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             cause = self._disconnected.exception() if self._disconnected.done() else None
             raise aiomqtt.MqttCodeError(info.rc, "Could not publish message") from cause
         # registered at once: the acknowledgement cannot be read before this turn ends
         confirmation = self._pending_publishes[info.mid] = asyncio.Event()
+        confirmation.mid = info.mid  # type: ignore[attr-defined]
         if info.is_published():
             confirmation.set()
-        return self._acknowledged(info.mid, confirmation)
+        return confirmation
 
-    async def _acknowledged(self, mid: int, confirmation: asyncio.Event) -> None:
+    async def acknowledged(self, confirmation: asyncio.Event) -> None:
         try:
             await self._wait_for(confirmation.wait(), timeout=None)
         finally:
-            self._pending_publishes.pop(mid, None)
+            self._pending_publishes.pop(confirmation.mid, None)  # type: ignore[attr-defined]
 
 
 class MqttLink:
@@ -241,7 +242,7 @@ class MqttLink:
         QoS 1 order) and two batches never interleave; then the broker's acknowledgements are awaited
         together."""
         client = self._client
-        acks: list[Awaitable[None] | None] = []
+        acks: list[asyncio.Event | None] = []
         for suffix, payload, retain in messages:
             try:
                 acks.append(client.queue(self.prefix + suffix, payload, retain) if client else None)
@@ -250,15 +251,15 @@ class MqttLink:
                 acks.append(None)
         if client is not None:
             client.write_now()
-        return list(await asyncio.gather(*(self._sent(suffix, ack) for (suffix, _, _), ack
+        return list(await asyncio.gather(*(self._sent(client, suffix, ack) for (suffix, _, _), ack
                                            in zip(messages, acks, strict=True))))
 
     @staticmethod
-    async def _sent(suffix: str, ack: Awaitable[None] | None) -> bool:
-        if ack is None:
+    async def _sent(client: _Client | None, suffix: str, ack: asyncio.Event | None) -> bool:
+        if client is None or ack is None:
             return False
         try:
-            await ack
+            await client.acknowledged(ack)
             return True
         except aiomqtt.MqttError as err:
             log.warning("mqtt: publish to %s failed: %s", suffix, err)
