@@ -17,7 +17,7 @@ import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import urlparse
 
 import aiomqtt
@@ -140,27 +140,35 @@ class _Client(aiomqtt.Client):
             if not self._disconnected.done():
                 self._disconnected.set_exception(exc)
 
-    def queue(self, topic: str, payload: bytes, retain: bool) -> asyncio.Event:
-        """aiomqtt's `publish` at QoS 1, with paho's part done now, in the caller's turn; the event is
-        set when the broker acknowledges (await it with `acknowledged`). aiomqtt's does that part in
-        the first step of its coroutine, a turn of the loop later (at 1,000 devices a turn can take
-        10-20 ms, and an answer crossed three). Raises MqttCodeError as aiomqtt's does."""
+    def queue(self, topic: str, payload: bytes, retain: bool) -> _Queued:
+        """aiomqtt's `publish` at QoS 1, with paho's part done now, in the caller's turn (await the
+        broker's acknowledgement with `acknowledged`). aiomqtt's does that part in the first step of its
+        coroutine, a turn of the loop later (at 1,000 devices a turn can take 10-20 ms, and an answer
+        crossed three). Raises MqttCodeError as aiomqtt's does."""
         info = self._client.publish(topic, payload, 1, retain)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             cause = self._disconnected.exception() if self._disconnected.done() else None
             raise aiomqtt.MqttCodeError(info.rc, "Could not publish message") from cause
-        # registered at once: the acknowledgement cannot be read before this turn ends
-        confirmation = self._pending_publishes[info.mid] = asyncio.Event()
-        confirmation.mid = info.mid  # type: ignore[attr-defined]
+        # registered at once (aiomqtt's on_publish sets and drops it): the acknowledgement cannot be
+        # read before this turn ends
+        queued = _Queued(info.mid, asyncio.Event())
+        self._pending_publishes[info.mid] = queued.acknowledged
         if info.is_published():
-            confirmation.set()
-        return confirmation
+            queued.acknowledged.set()
+        return queued
 
-    async def acknowledged(self, confirmation: asyncio.Event) -> None:
+    async def acknowledged(self, queued: _Queued) -> None:
         try:
-            await self._wait_for(confirmation.wait(), timeout=None)
+            await self._wait_for(queued.acknowledged.wait(), timeout=None)
         finally:
-            self._pending_publishes.pop(confirmation.mid, None)  # type: ignore[attr-defined]
+            self._pending_publishes.pop(queued.mid, None)
+
+
+class _Queued(NamedTuple):
+    """A message handed to paho: its id, and the event the broker's acknowledgement sets."""
+
+    mid: int
+    acknowledged: asyncio.Event
 
 
 class MqttLink:
@@ -242,24 +250,25 @@ class MqttLink:
         QoS 1 order) and two batches never interleave; then the broker's acknowledgements are awaited
         together."""
         client = self._client
-        acks: list[asyncio.Event | None] = []
+        if client is None:
+            return [False] * len(messages)
+        queued: list[_Queued | None] = []
         for suffix, payload, retain in messages:
             try:
-                acks.append(client.queue(self.prefix + suffix, payload, retain) if client else None)
+                queued.append(client.queue(self.prefix + suffix, payload, retain))
             except aiomqtt.MqttError as err:
                 log.warning("mqtt: publish to %s failed: %s", suffix, err)
-                acks.append(None)
-        if client is not None:
-            client.write_now()
-        return list(await asyncio.gather(*(self._sent(client, suffix, ack) for (suffix, _, _), ack
-                                           in zip(messages, acks, strict=True))))
+                queued.append(None)
+        client.write_now()
+        return list(await asyncio.gather(*(self._sent(client, suffix, q) for (suffix, _, _), q
+                                           in zip(messages, queued, strict=True))))
 
     @staticmethod
-    async def _sent(client: _Client | None, suffix: str, ack: asyncio.Event | None) -> bool:
-        if client is None or ack is None:
+    async def _sent(client: _Client, suffix: str, queued: _Queued | None) -> bool:
+        if queued is None:
             return False
         try:
-            await client.acknowledged(ack)
+            await client.acknowledged(queued)
             return True
         except aiomqtt.MqttError as err:
             log.warning("mqtt: publish to %s failed: %s", suffix, err)
