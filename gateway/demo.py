@@ -26,10 +26,19 @@ from simulators.upstream import ScenarioPlayer, Verdict, load_scenario
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_port(site: SiteFile) -> int:
+    """A loopback port nobody listens on now and the site file does not name.
+
+    The site's own ports are not yet bound when the broker and the status page pick theirs (the
+    simulators and the SCADA outstation start later), so the OS could hand one of them out.
+    """
+    named = {d.port for d in site.devices} | {site.scada.port, site.web.port}
+    while True:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in named:
+            return port
 
 
 def _describe_site(site: SiteFile) -> str:
@@ -62,14 +71,14 @@ def _report(verdicts: list[Verdict]) -> str:
     return "\n".join(lines)
 
 
-def _web_port(preferred: int) -> int:
+def _web_port(site: SiteFile) -> int:
     """The site's web port, or a free one if something (another demo?) already listens there."""
     with socket.socket() as s:
         try:
-            s.bind(("127.0.0.1", preferred))
+            s.bind(("127.0.0.1", site.web.port))
         except OSError:
-            return _free_port()
-    return preferred
+            return _free_port(site)
+    return site.web.port
 
 
 async def run_demo(site: SiteFile, scenario: Path, broker_url: str | None, report: Path) -> int:
@@ -82,12 +91,12 @@ async def run_demo(site: SiteFile, scenario: Path, broker_url: str | None, repor
     print(_describe_site(site))
     broker = None
     if broker_url is None:
-        broker = EmbeddedBroker(port=_free_port())
+        broker = EmbeddedBroker(port=_free_port(site))
         await broker.start()
         broker_url = broker.url
         print(f"MQTT: embedded broker at {broker_url} (use --broker mqtt://HOST:PORT for your own)")
     if not site.web.enabled:
-        site.web = WebSection(enabled=True, port=_web_port(site.web.port))
+        site.web = WebSection(enabled=True, port=_web_port(site))
     print(f"Status page: http://{site.web.host}:{site.web.port}/ (also /metrics; or `der-gateway status "
           f"--url http://{site.web.host}:{site.web.port}`)")
     sim = SiteSimulator(site)
