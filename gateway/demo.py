@@ -19,6 +19,7 @@ from gateway.app import Gateway
 from gateway.config import SiteFile, StoreSection, WebSection
 from gateway.demo_report import Timeline, write_report
 from simulators.embedded_broker import EmbeddedBroker
+from simulators.mosquitto import free_port
 from simulators.scada_master import scenario_actions
 from simulators.site import SiteSimulator
 from simulators.upstream import ScenarioPlayer, Verdict, load_scenario
@@ -27,18 +28,10 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 def _free_port(site: SiteFile) -> int:
-    """A loopback port nobody listens on now and the site file does not name.
-
-    The site's own ports are not yet bound when the broker and the status page pick theirs (the
-    simulators and the SCADA outstation start later), so the OS could hand one of them out.
-    """
-    named = {d.port for d in site.devices} | {site.scada.port, site.web.port}
-    while True:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in named:
-            return port
+    """A free loopback port the site file does not name: the site's own ports are not yet bound when the
+    broker and the status page pick theirs (the simulators and the SCADA outstation start later), so
+    the OS could hand one of them out."""
+    return free_port(avoid={d.port for d in site.devices} | {site.scada.port, site.web.port})
 
 
 def _describe_site(site: SiteFile) -> str:

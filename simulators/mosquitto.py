@@ -12,6 +12,7 @@ import shutil
 import socket
 import subprocess
 import time
+from collections.abc import Collection
 from pathlib import Path
 
 _handed_out: set[int] = set()
@@ -22,13 +23,14 @@ _CERT_KEYS = ("cafile", "certfile", "keyfile", "crlfile")
 _DROPPED_KEYS = ("persistence", "persistence_location", "log_dest", "log_type", "connection_messages", "user")
 
 
-def free_port() -> int:
-    """A loopback port nobody listens on now, never the same twice in one process."""
+def free_port(avoid: Collection[int | None] = ()) -> int:
+    """A loopback port nobody listens on now, never the same twice in one process, and none of `avoid`
+    (ports already given out elsewhere but not bound yet, e.g. those a site file names)."""
     while True:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        if port not in _handed_out:
+        if port not in _handed_out and port not in avoid:
             _handed_out.add(port)
             return port
 
