@@ -27,7 +27,7 @@ command; it keeps what it was doing until its reversion timer acts, and the mete
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from gateway.core.limits import Bound, InForce
 from gateway.core.model import DeviceCommand, DeviceReading
@@ -133,6 +133,28 @@ def _split(total_kw: float, devices: list[DeviceReading],
 def zero_commands(devices: list[DeviceReading], disconnect: bool) -> list[DeviceCommand]:
     """disconnect / cease_to_energize: every online device goes to 0 kW (and opens)."""
     return [DeviceCommand(id=d.id, p_kw=0.0, connect=not disconnect) for d in controllable(devices)]
+
+
+LDC_FREE = ("", "connection_agreement")  # the sources of a bound that the LDC did not set
+
+
+def with_reversion(commands: list[DeviceCommand], eff: InForce,
+                   devices: list[DeviceReading]) -> list[DeviceCommand]:
+    """Each command with what its device may do once the gateway has stopped (`revert_kw`, PROTOCOL §6):
+    0 under a disconnect or cease_to_energize; else, while an LDC limit (envelope, outage, hold, default
+    envelope) bounds the export or the generation, the device's share of the tighter of the two in
+    proportion to its rating. A site whose devices together stay within it stays within it at the PCC
+    whatever its load does (load ≥ 0), so a gateway that dies cannot undo an LDC order."""
+    if eff.zeroed_by:
+        return [replace(c, revert_kw=0.0) for c in commands]
+    caps = [b.kw for b in (eff.export, eff.generation) if b.source not in LDC_FREE]
+    if not caps:
+        return commands
+    cap = max(0.0, min(caps))
+    rated = {d.id: max(d.rated_kw, 0.0) for d in devices}
+    total = sum(rated.get(c.id, 0.0) for c in commands)
+    return [replace(c, revert_kw=cap * rated.get(c.id, 0.0) / total if total > 0 else 0.0)
+            for c in commands]
 
 
 def readings_time(reads: Sequence[tuple[float, float]]) -> float:

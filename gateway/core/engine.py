@@ -28,6 +28,7 @@ from gateway.core.allocation import (
     device_total,
     limit_room,
     low_estimate,
+    with_reversion,
     zero_commands,
 )
 from gateway.core.arbitration import Context, assess, pcc_target, served_at
@@ -293,8 +294,8 @@ class Engine:
             export_load = min(low, low_estimate(recent), self._metered_load_bound(ctrl, meter_ok.p_kw))
         total = device_total(target.kw, load, eff, dev, params.limit_margin_kw, export_load)
         room = limit_room(total, export_load, eff, params.limit_margin_kw)
-        commands = (zero_commands(devices, eff.disconnect) if eff.zeroed_by
-                    else allocate(total, ctrl, eff, room))
+        commands = with_reversion(zero_commands(devices, eff.disconnect) if eff.zeroed_by
+                                  else allocate(total, ctrl, eff, room), eff, ctrl)
 
         st.commanded_kw = {c.id: c.p_kw for c in commands}
         ramping = served is not None and getattr(served.msg, "ramp_kw_per_min", None)

@@ -94,11 +94,18 @@ class MeterReading:
 
 @dataclass(frozen=True)
 class DeviceCommand:
-    """Setpoint for one device."""
+    """Setpoint for one device.
+
+    `revert_kw`: the most the device may produce (PV) or discharge (battery) once its reversion timer
+    runs out, i.e. when the gateway has stopped: its share of the LDC limits and overrides in force
+    (0 under `disconnect` / `cease_to_energize`). None: the LDC restricts nothing, and the device's
+    own safe limit from the site file applies. The driver writes the lower of the two (PROTOCOL §6).
+    """
 
     id: str
     p_kw: float
     connect: bool
+    revert_kw: float | None = None
 
 
 @dataclass(frozen=True)

@@ -263,3 +263,18 @@ def test_three_cycles_of_a_faked_rise_of_the_load_estimate_never_raise_the_expor
     assert site.cycle().decision.device_total_kw == pytest.approx(before.device_total_kw)
     assert site.pcc_kw <= 300.0
 
+
+
+def test_tdc_20_the_reversion_value_is_the_device_share_of_the_ldc_limit_in_force() -> None:
+    """What a device reverts to if the gateway dies: its share of the LDC's export limit (by rating), 0
+    under cease_to_energize, nothing extra when only the connection agreement binds."""
+    site = Site()  # pv1 250, pv2 250, bess1 200 kW rated
+    c = site.settle()
+    assert all(cmd.revert_kw is None for cmd in c.commands)  # the connection agreement is not the LDC's
+    site.send("envelope", "e-1", export_limit_kw=70.0)
+    c = site.settle()
+    reverts = {cmd.id: cmd.revert_kw for cmd in c.commands}
+    assert reverts == pytest.approx({"pv1": 25.0, "pv2": 25.0, "bess1": 20.0})
+    site.send("override", "o-1", action="cease_to_energize")
+    c = site.cycle()
+    assert {cmd.id: cmd.revert_kw for cmd in c.commands} == {"pv1": 0.0, "pv2": 0.0, "bess1": 0.0}
