@@ -19,6 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from gateway import __version__
+from gateway.clocks import clocks
 from gateway.config import SiteFile
 from gateway.core import report
 from gateway.core.allocation import pcc_at, readings_spread, readings_time
@@ -138,6 +139,7 @@ class Gateway:
             site.mqtt.broker = broker_url
         self.interval_s = site.site.control_interval_s
         self.engine = Engine(site_params(site), utcnow())
+        self._response_s = {d.id: d.response_time_s for d in site.devices}
         self.store = Store(site.store.path, site.store.outbox_max_messages)
         self.journal = Journal(self.store)
         # Before any device is touched: limits, overrides and seen ids as they were (TDC-19).
@@ -197,8 +199,8 @@ class Gateway:
         """Every instruction, from MQTT or from LDC SCADA (DNP3), takes this one path: decided by the
         core, written to disk with its decision, answered on MQTT, and followed at once by a control
         cycle (TDC-11)."""
-        now = utcnow()
-        outs = self.engine.receive(msg, now)
+        now, mono = clocks()
+        outs = self.engine.receive(msg, now, mono)
         for listener in self.inbound_listeners:
             listener(msg, outs)
         encoded = self._encode(outs)
@@ -244,6 +246,7 @@ class Gateway:
                 q_kvar=r.q_kvar or 0.0, rated_kw=r.rated_kw or 0.0,
                 available_kw=r.available_kw if r.available_kw is not None else 0.0,
                 max_charge_kw=r.max_charge_kw, soc_pct=r.soc_pct, connected=bool(r.connected),
+                response_s=self._response_s[dev_id],
             ))
             # A stale reading (a slow or failing device's last one, seconds old) is not one the others
             # share: its rate, from long ago, would take the PCC's time back to it.
@@ -288,14 +291,16 @@ class Gateway:
             await asyncio.wait(reads, timeout=max(0.0, deadline - loop.time()))
         meter, devices = self._readings()
         await asyncio.sleep(0)  # an instruction that came meanwhile is decided before the cycle, and in it
-        now = utcnow()
-        cycle = self.engine.cycle(now, meter, devices, new_readings=read)
+        now, mono = clocks()
+        cycle = self.engine.cycle(now, meter, devices, new_readings=read, mono=mono)
+        now = cycle.at  # the core's time (a wall clock that stepped back is held, see core/clock.py)
         self._hand_out(cycle.commands)
+        self._log_cycle(cycle)
         self.snapshot = Snapshot(cycle=cycle, at=now)
         for listener in self.cycle_listeners:
             listener(cycle, meter, devices)
         encoded = self._encode(cycle.outbound)
-        self.journal.cycle(cycle, encoded, self.engine, self._device_events())
+        self.journal.cycle(cycle, encoded, self.engine, self._device_events() + self._cycle_events(cycle))
         await self._publish(encoded)
         await self._publish_status()
         return cycle
@@ -323,6 +328,37 @@ class Gateway:
                                **({} if online or error is None else {"error": str(error)})})
             self._online[dev_id] = online
         return events
+
+    @staticmethod
+    def _cycle_events(cycle: Cycle) -> list[dict[str, Any]]:
+        """What the core noticed this cycle, for the audit log: devices that stopped or started following
+        their commands, readings refused at its boundary, a wall clock that stepped."""
+        events: list[dict[str, Any]] = [
+            {"event": "device_following" if ch.following else "device_not_following", "device": ch.id,
+             "p_kw": round(ch.p_kw, 1), "command_kw": round(ch.command_kw, 1)} for ch in cycle.follow_changes]
+        events += [{"event": "reading_refused", "device": dev_id, "why": "a value is not a finite number"}
+                   for dev_id in cycle.refused]
+        if cycle.clock_jump_s is not None:
+            events.append({"event": "clock_jump", "seconds": round(cycle.clock_jump_s, 3)})
+        return events
+
+    @staticmethod
+    def _log_cycle(cycle: Cycle) -> None:
+        for ch in cycle.follow_changes:
+            if ch.following:
+                log.info("%s follows its command again (%.1f kW against %.1f kW)", ch.id, ch.p_kw,
+                         ch.command_kw)
+            else:
+                log.warning("%s does not follow its command (%.1f kW against %.1f kW): its share goes to the "
+                            "other devices, and the command is re-sent", ch.id, ch.p_kw, ch.command_kw)
+        for dev_id in cycle.refused:
+            log.warning("%s: reading refused (a value is not a finite number); it counts as not answering",
+                        dev_id)
+        if cycle.clock_jump_s is not None:
+            jump = cycle.clock_jump_s
+            log.warning("the wall clock stepped by %+.1f s against the monotonic clock; %s", jump,
+                        "the gateway keeps its own time until it catches up" if jump < 0
+                        else "instruction windows follow it")
 
     async def _control_loop(self) -> None:
         """A cycle every interval on a fixed schedule (no drift), and one at once on an instruction."""
@@ -394,13 +430,13 @@ class Gateway:
             outbox.ack(batch[-1][0])
 
     def _status(self, online: bool = True) -> Status:
-        now = utcnow()
-        st = self.engine.status(now)
+        now, mono = clocks()
+        st = self.engine.status(now, mono)
         devices = [p.device for p in self.pollers.values()]
         return Status(site_id=self.site.site.id, at=now, state="online" if online else "offline",
                       mode=st.mode, comms=st.comms, active=st.active,
                       devices_online=sum(d.online for d in devices), devices_total=len(devices),
-                      version=__version__, alarms=self._alarms())
+                      version=__version__, alarms=st.alarms + self._alarms())
 
     def _alarms(self) -> tuple[str, ...]:
         evicted = self.store.outbox.evicted

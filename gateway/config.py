@@ -125,6 +125,9 @@ class DeviceConfig(_Strict):
     master_address: DnpAddress = Field(default=1, description="dnp3: the gateway's link address")
     profile: str = Field(default="sunspec", description="a file name under device_profiles/ (without .toml)")
     timeout_s: PositiveS = 1.0
+    response_time_s: PositiveS = Field(
+        default=10.0, description="how long the device may take to follow a new command; off its command "
+        "for longer, it is taken as not following and its share goes to the others")
     reversion_timeout_s: Annotated[float, Field(ge=2)] = 30.0
     safe_limit_pct: Annotated[float, Field(ge=0, le=100)] = 0.0
     sim: DeviceSim = Field(default_factory=DeviceSim)

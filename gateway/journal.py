@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+from gateway.clocks import clocks
 from gateway.core.engine import Cycle, Engine
 from gateway.core.model import Inbound, Invalid
 from gateway.south.device import WriteRecord
@@ -64,8 +65,8 @@ class Journal:
             return False
         engine.restore(snap)
         self._last_state = json.dumps(snap, sort_keys=True)
-        now = datetime.now(UTC)
-        self.event("restored", now, active=list(engine.status(now).active))
+        now, mono = clocks()
+        self.event("restored", now, active=list(engine.status(now, mono).active))
         return True
 
     # ---- instructions -----------------------------------------------------------------------------------

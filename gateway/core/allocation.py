@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from gateway.core.feedback import Trim
 from gateway.core.limits import Bound, InForce
 from gateway.core.model import DeviceCommand, DeviceReading
 
@@ -72,19 +73,32 @@ def device_window(eff: InForce, dev: DeviceRange | None) -> tuple[Bound, Bound]:
     return lo, hi
 
 
-def device_total(target_kw: float, load_kw: float | None, eff: InForce, dev: DeviceRange,
-                 margin_kw: float, export_load_kw: float | None = None) -> float:
-    """The devices' total for a PCC target: `margin_kw` inside the PCC limits, within the hard bounds.
-    `export_load_kw`: the load credited against the export limit, if not `load_kw` (see Engine.cycle)."""
+def total_window(load_kw: float | None, eff: InForce, dev: DeviceRange, margin_kw: float,
+                 export_load_kw: float | None = None, trim: Trim | None = None) -> tuple[float, float]:
+    """The range the devices' total may take: `margin_kw` inside the PCC limits, given the load, and within
+    the hard bounds. `export_load_kw`: the load credited against the export limit, if not `load_kw` (see
+    Engine.cycle); `trim`: the closed loop's corrections (feedback.py). The limits' trims move the whole
+    range: the meter has shown that the PCC lands that much above (export trim) or below (import trim)
+    where the estimate puts it, so both ends are that much off."""
     load = load_kw or 0.0
     export_load = load if export_load_kw is None else export_load_kw
+    shift = (trim.import_kw - trim.export_kw) if trim else 0.0
     top, bottom = eff.export.kw - margin_kw, -eff.import_.kw + margin_kw
     if bottom > top:  # a band narrower than twice the margin (e.g. isolation, 0/0): aim at its middle
         top = bottom = (eff.export.kw - eff.import_.kw) / 2
+    floor = bottom + load + shift
     # a smaller export credit never takes the total below what the import limit needs
-    total = min(max(target_kw + load, bottom + load), max(top + export_load, bottom + load))
+    ceiling = max(top + export_load + shift, floor)
     lo, hi = device_window(eff, dev)
-    return min(max(total, lo.kw), hi.kw)
+    return min(max(floor, lo.kw), hi.kw), min(max(ceiling, lo.kw), hi.kw)
+
+
+def device_total(target_kw: float, load_kw: float | None, eff: InForce, dev: DeviceRange,
+                 margin_kw: float, export_load_kw: float | None = None, trim: Trim | None = None) -> float:
+    """The devices' total for a PCC target, within `total_window` (the target trim moves the aim)."""
+    low, high = total_window(load_kw, eff, dev, margin_kw, export_load_kw, trim)
+    want = target_kw + (load_kw or 0.0) + (trim.target_kw if trim else 0.0)
+    return min(max(want, low), high)
 
 
 PROBE_FRACTION = 0.1

@@ -26,14 +26,20 @@ from gateway.core.allocation import (
     allocate,
     controllable,
     device_total,
+    device_window,
     limit_room,
     low_estimate,
+    total_window,
     with_reversion,
     zero_commands,
 )
 from gateway.core.arbitration import Context, assess, pcc_target, served_at
 from gateway.core.availability import WINDOW_TYPES, windows
+from gateway.core.clock import Clock
 from gateway.core.comms import Supervision
+from gateway.core.feedback import Loop, Trim, update
+from gateway.core.following import Change, Track, track
+from gateway.core.inputs import admit_device, admit_meter, refused
 from gateway.core.instructions import (
     SEEN_RETENTION,
     Assessment,
@@ -44,7 +50,7 @@ from gateway.core.instructions import (
     in_force,
     superseded_from,
 )
-from gateway.core.limits import Bound, limits_at
+from gateway.core.limits import Bound, InForce, limits_at
 from gateway.core.model import (
     ROLES,
     Cancel,
@@ -69,7 +75,8 @@ from gateway.core.outbound import (
     Response,
     Window,
 )
-from gateway.core.serde import from_jsonable, to_jsonable
+from gateway.core.serde import from_jsonable, to_jsonable, transient
+from gateway.core.unmet import Shortfall, Unmet, culprits, report
 from gateway.core.validation import check
 
 SNAPSHOT_FORMAT = 1
@@ -89,7 +96,9 @@ class Decision:
     import_binding: str
     requested_kw: float  # what the served instruction (after its ramp) or the default mode asked for
     load_kw: float | None  # estimated site load; None without a usable meter
+    export_credit_kw: float | None  # the load credited against the export limit (see Engine.cycle)
     device_total_kw: float  # what the devices are asked for in total
+    trim: Trim = field(default_factory=Trim)  # the closed loop's corrections of that total (feedback.py)
 
 
 @dataclass(frozen=True)
@@ -100,6 +109,10 @@ class Cycle:
     serving: list[Serving]  # at most one
     commands: list[DeviceCommand]
     outbound: list[Outbound]
+    not_following: frozenset[str] = frozenset()  # devices that answer but do not follow (following.py)
+    follow_changes: tuple[Change, ...] = ()  # devices that stopped or started following this cycle
+    refused: tuple[str, ...] = ()  # devices whose reading was refused at the core's boundary (inputs.py)
+    clock_jump_s: float | None = None  # the wall clock stepped by this much since the last cycle (clock.py)
 
 
 @dataclass(frozen=True)
@@ -107,13 +120,14 @@ class StatusInfo:
     mode: Mode
     comms: dict[str, str]  # {"ieso": "ok" | "lost", "ldc": ...}
     active: tuple[str, ...]  # ids of the instructions in force now
+    alarms: tuple[str, ...] = ()  # what an operator must see: devices not following, a limit not met
 
 
 @dataclass
 class Ramp:
     ref: str
     kw: float
-    at: datetime
+    at: float  # monotonic seconds (clock.py)
 
 
 @dataclass
@@ -132,11 +146,16 @@ class EngineState:
     store: Store
     comms: Supervision
     last_pcc_kw: float | None = None  # last usable meter reading: a hold's value when the meter is out
-    ramp: Ramp | None = None
+    ramp: Ramp | None = transient(default=None)  # timed on the monotonic clock: restarts after a restart
     view: SiteView | None = None
     availability: tuple[Window, ...] | None = None  # as last published; None: never published
     constrained: bool = False
     commanded_kw: dict[str, float] = field(default_factory=dict)  # the last cycle's command per device
+    clock: Clock = field(default_factory=Clock)
+    trim: Trim = field(default_factory=Trim)  # the closed loop's integral corrections (feedback.py)
+    # who follows their commands (following.py): monotonic times, found anew after a restart
+    follow: dict[str, Track] = transient(default_factory=dict)
+    unmet: Unmet | None = transient(default=None)  # a PCC limit the devices cannot meet (unmet.py)
 
 
 def _mode(overridden: bool, ldc_lost: bool, constrained: bool) -> Mode:
@@ -150,15 +169,24 @@ def _mode(overridden: bool, ldc_lost: bool, constrained: bool) -> Mode:
 class Engine:
     def __init__(self, params: SiteParams, now: datetime) -> None:
         self.params = params
-        self.state = EngineState(Store(), Supervision.starting(now))
+        self.state = EngineState(Store(), Supervision.starting(now), clock=Clock(wall=now))
+
+    # ---- time --------------------------------------------------------------------------------------------
+    def _time(self, now: datetime, mono: float | None) -> tuple[datetime, float]:
+        """(the core's wall time, monotonic seconds) for a reading of both clocks. Without a monotonic
+        reading (plain tests of the core) the wall clock stands in for it."""
+        mono = now.timestamp() if mono is None else mono
+        return self.state.clock.read(now, mono), mono
 
     # ---- inbound -------------------------------------------------------------------------------------
-    def heard(self, role: str, now: datetime) -> None:
+    def heard(self, role: str, now: datetime, mono: float | None = None) -> None:
         """A sign of life from `role` that is not a message: a valid request of the LDC's SCADA master
         (PROTOCOL §9) keeps the LDC link ok like a heartbeat would (§6)."""
-        self.state.comms.heard(role, now)
+        now, mono = self._time(now, mono)
+        self.state.comms.heard(role, now, mono)
 
-    def receive(self, msg: Inbound | Invalid, now: datetime) -> list[Outbound]:
+    def receive(self, msg: Inbound | Invalid, now: datetime, mono: float | None = None) -> list[Outbound]:
+        now, mono = self._time(now, mono)
         if isinstance(msg, Invalid):
             if msg.id is None:
                 return [ErrorMsg(msg.role, msg.msg_type, msg.reason, msg.detail, msg.raw, now)]
@@ -167,7 +195,7 @@ class Engine:
                     Response(role, msg.id, msg.msg_type, "rejected", now,
                              reason=msg.reason, detail=msg.detail)]
         store = self.state.store
-        self.state.comms.heard(msg.issuer, now)
+        self.state.comms.heard(msg.issuer, now, mono)
         if isinstance(msg, Heartbeat):
             return []
         out: list[Outbound] = [Response(msg.issuer, msg.id, msg.type, "received", now)]
@@ -182,15 +210,15 @@ class Engine:
             return [*out, _rejected(msg, now, *problem)]
         if isinstance(msg, Cancel):
             return out + self._cancel(msg, now)
-        return out + self._accept(msg, now)
+        return out + self._accept(msg, now, mono)
 
-    def _accept(self, msg: Instruction, now: datetime) -> list[Outbound]:
+    def _accept(self, msg: Instruction, now: datetime, mono: float) -> list[Outbound]:
         store = self.state.store
         rec = store.add(msg)
         decision = Response(msg.issuer, msg.id, msg.type, "accepted", now)
         out: list[Outbound] = []
         if isinstance(msg, Dispatch | Service):
-            rec.assessment = assess(store, rec, self._context(now))
+            rec.assessment = assess(store, rec, self._context(now, mono))
             decision, *out = self._told(rec, rec.assessment, now)
         self._remember(msg, decision, None)
         if msg.type == "default_envelope":  # the newest one replaces the older
@@ -235,13 +263,13 @@ class Engine:
                                   a.start, a.end, now))
         return out
 
-    def _context(self, now: datetime) -> Context:
+    def _context(self, now: datetime, mono: float) -> Context:
         view = self.state.view
-        return Context(self.params, now, self._lost("ldc", now), view.dev if view else None,
+        return Context(self.params, now, self._lost("ldc", now, mono), view.dev if view else None,
                        view.load_kw if view else 0.0)
 
-    def _lost(self, role: str, now: datetime) -> bool:
-        return self.state.comms.state(role, now, self.params.comms_timeout_s) == "lost"
+    def _lost(self, role: str, now: datetime, mono: float) -> bool:
+        return self.state.comms.state(role, now, mono, self.params.comms_timeout_s) == "lost"
 
     def _availability(self, now: datetime, cause: str | None = None) -> list[Outbound]:
         """The windows when they have changed; from `receive`, only for a message that can change them."""
@@ -255,22 +283,30 @@ class Engine:
 
     # ---- the control cycle -------------------------------------------------------------------------------
     def cycle(self, now: datetime, meter: MeterReading | None, devices: list[DeviceReading],
-              new_readings: bool = True) -> Cycle:
+              new_readings: bool = True, mono: float | None = None) -> Cycle:
         """`new_readings`: the devices were read for this cycle. The cycle an instruction triggers
         decides on the last cycle's readings, and their load estimate, already in the window below, does
-        not count a second time."""
+        not count a second time. `mono`: monotonic seconds at `now` (see clock.py)."""
         st, params = self.state, self.params
+        now, mono = self._time(now, mono)
+        clock_jump = st.clock.take_jump()
+        read, meter = devices, admit_meter(meter)
+        devices = [admit_device(d) for d in read]
         meter_ok = meter if meter is not None and meter.online and not meter.stale else None
         if meter_ok:
             st.last_pcc_kw = meter_ok.p_kw
         out = self._advance(now)
-        ctrl = controllable(devices)
+        follow = track(st.follow, devices, st.commanded_kw, params, mono)
+        # A device that does not follow its command is left out: its output counts with the load, and the
+        # devices that follow take its share.
+        online = controllable(devices)
+        ctrl = [d for d in online if d.id not in follow.not_following]
         dev = DeviceRange.of(ctrl)
         load = sum(d.p_kw for d in ctrl) - meter_ok.load_basis_kw if meter_ok else None
-        ldc_lost = self._lost("ldc", now)
+        ldc_lost = self._lost("ldc", now, mono)
         eff = limits_at(st.store, params, now, ldc_lost)
         served, _ = served_at(st.store, now, params.dual_participation_priority)
-        requested = self._requested(served, dev, load, now)
+        requested = self._requested(served, dev, load, mono)
         target = pcc_target(requested, eff, dev, load or 0.0)
         # The load credited against the export limit: the second lowest of the last LOAD_WINDOW cycles'
         # low ends (each estimate less what its readings' spread in time leaves uncertain), and never
@@ -284,33 +320,76 @@ class Engine:
         # of the low ends in none; the median, in 5 of 116 cycles of one run (by up to 76 kW). A real
         # rise counts once it has lasted four cycles; a fall at once. Late readings can still fool the
         # window for five cycles in a row (seen once in ten runs: 37 kW over); the meter and the last
-        # commands bound it (`_metered_load_bound`).
+        # commands bound it (`_metered_load_bound`). What all of this still gets wrong shows at the
+        # meter, and the closed loop's trims correct it (feedback.py).
         recent: tuple[float, ...] = ()
         export_load = None
         if load is not None and meter_ok is not None:
             low = load - meter_ok.load_spread_kw
-            before = st.view.recent_loads_kw if st.view else ()
+            # a device that stopped or started following changes what the estimates count: start afresh
+            before = st.view.recent_loads_kw if st.view and not follow.changes else ()
             recent = (*before, low)[-LOAD_WINDOW:] if new_readings or not before else before
             export_load = min(low, low_estimate(recent), self._metered_load_bound(ctrl, meter_ok.p_kw))
-        total = device_total(target.kw, load, eff, dev, params.limit_margin_kw, export_load)
-        room = limit_room(total, export_load, eff, params.limit_margin_kw)
-        commands = with_reversion(zero_commands(devices, eff.disconnect) if eff.zeroed_by
-                                  else allocate(total, ctrl, eff, room), eff, ctrl)
+        margin = params.limit_margin_kw
+        lo, hi = device_window(eff, dev)
+        # No meter, no loop (the device total stays within the PCC limits); and a device that stopped or
+        # started following changes the split the trims were correcting: they start afresh.
+        if meter_ok is None or follow.changes:
+            st.trim = Trim()
+        else:  # the trims as they stand, then moved by what the meter says (anti-windup: feedback.py)
+            low, high = total_window(load, eff, dev, margin, export_load, st.trim)
+            applied = device_total(target.kw, load, eff, dev, margin, export_load, st.trim)
+            st.trim = update(st.trim, Loop(meter_ok.p_kw, applied, eff.export.kw, eff.import_.kw, margin,
+                                           target.kw, served is not None, params.target_tolerance_kw,
+                                           follow.converging_kw, applied - lo.kw, hi.kw - applied,
+                                           applied - low, high - applied, _share(ctrl, follow.drifting)))
+        total = device_total(target.kw, load, eff, dev, margin, export_load, st.trim)
+        st.trim.total_kw = total
+        credit = None if export_load is None else export_load + st.trim.import_kw - st.trim.export_kw
+        room = limit_room(total, credit, eff, margin)
+        if eff.zeroed_by:
+            commands = zero_commands(devices, eff.disconnect)
+        else:  # the devices that do not follow are told their last command again, not a new share
+            commands = allocate(total, ctrl, eff, room) + [
+                DeviceCommand(d.id, st.commanded_kw.get(d.id, d.p_kw), True, resend=d.id in follow.resend)
+                for d in online if d.id in follow.not_following]
+        commands = with_reversion(commands, eff, online)
 
         st.commanded_kw = {c.id: c.p_kw for c in commands}
         ramping = served is not None and getattr(served.msg, "ramp_kw_per_min", None)
-        st.ramp = Ramp(served.msg.id, target.kw, now) if served and ramping else None
+        st.ramp = Ramp(served.msg.id, target.kw, mono) if served and ramping else None
         st.view = SiteView(dev, load or 0.0, recent)
         st.constrained = abs(requested.kw - target.kw) > params.target_tolerance_kw
         mode = _mode(self._overridden(now), ldc_lost, st.constrained)
         serving = [Serving(served.msg.id, target.kw)] if served and not eff.zeroed_by else []
 
-        out += self._reassess(now)
+        out += self._reassess(now, mono)
         out += self._availability(now)
+        out += self._unmet(now, mono, meter_ok, eff, total, lo, hi, ctrl, devices)
         st.store.prune(now)
         decision = Decision(target.kw, target.source, eff.export.kw, eff.export.source, eff.import_.kw,
-                            eff.import_.source, requested.kw, load, total)
-        return Cycle(now, decision, mode, serving, commands, out)
+                            eff.import_.source, requested.kw, load, export_load, total, st.trim)
+        return Cycle(now, decision, mode, serving, commands, out, follow.not_following, follow.changes,
+                     tuple(refused(read, devices)), clock_jump)
+
+    def _unmet(self, now: datetime, mono: float, meter: MeterReading | None, eff: InForce, total: float,
+               lo: Bound, hi: Bound, ctrl: list[DeviceReading],
+               devices: list[DeviceReading]) -> list[Outbound]:
+        """A PCC limit the site stays beyond with every device it controls at its end (unmet.py)."""
+        st, tol = self.state, self.params.target_tolerance_kw
+        found = None
+        if meter is not None and not eff.zeroed_by:
+            # reported only once it has lasted UNMET_AFTER_S with the total at its end: by then the meter
+            # shows what the devices that follow can do
+            if meter.p_kw > eff.export.kw + tol and total <= lo.kw + tol:
+                found = Shortfall("export", eff.export, meter.p_kw)
+            elif meter.p_kw < -eff.import_.kw - tol and total >= hi.kw - tol:
+                found = Shortfall("import", eff.import_, meter.p_kw)
+        gone = [d for d in devices if not d.online and d.kind in ("pv", "battery")]
+        reason = "DEVICE_OFFLINE" if gone and not ctrl else "DEVICE_CAPACITY"
+        st.unmet, out = report(st.unmet, found, st.store, now, mono,
+                               culprits(devices, st.follow, st.commanded_kw), reason)
+        return out
 
     def _metered_load_bound(self, ctrl: list[DeviceReading], pcc_kw: float) -> float:
         """The most the load can be, from the meter and the last commands: a device puts out no more than
@@ -347,12 +426,13 @@ class Engine:
                 continue
             rec.started = True
             if msg.type == "override" and msg.action == "hold":
-                # export may not rise above where it is; a site that is importing may not export
+                # export may not rise above where it is; a site that is importing may not export (the
+                # last usable reading: a refused one never gets here, see inputs.py)
                 rec.hold_kw = max(self.state.last_pcc_kw or 0.0, 0.0)
             out.append(Response(msg.issuer, msg.id, msg.type, "started", now))
         return out
 
-    def _requested(self, served: Record | None, dev: DeviceRange, load: float | None, now: datetime) -> Bound:
+    def _requested(self, served: Record | None, dev: DeviceRange, load: float | None, mono: float) -> Bound:
         """What the served instruction asks for now (after its ramp); without one, the default mode."""
         if served is None:
             return Bound(dev.pv_kw - (load or 0.0), "default_mode")  # PV at available power, batteries idle
@@ -363,14 +443,14 @@ class Engine:
             return Bound(msg.target_kw, served.ref)
         ramp = self.state.ramp
         if ramp is None or ramp.ref != msg.id:  # the ramp starts from where the PCC is (0 if never metered)
-            ramp = Ramp(msg.id, self.state.last_pcc_kw or 0.0, now)
-        step = rate * (now - ramp.at).total_seconds() / 60
+            ramp = Ramp(msg.id, self.state.last_pcc_kw or 0.0, mono)
+        step = rate * max(0.0, mono - ramp.at) / 60  # monotonic: a clock step never moves a ramp
         return Bound(ramp.kw + max(-step, min(step, msg.target_kw - ramp.kw)), served.ref)
 
-    def _reassess(self, now: datetime) -> list[Outbound]:
+    def _reassess(self, now: datetime, mono: float) -> list[Outbound]:
         """TDC-09: a fresh accepted/constrained when what can be delivered changes — only then."""
         store, out = self.state.store, []
-        ctx = self._context(now)
+        ctx = self._context(now, mono)
         tolerance = self.params.target_tolerance_kw
         for rec in list(store.live()):
             if not isinstance(rec.msg, Dispatch | Service):
@@ -386,14 +466,23 @@ class Engine:
         return any(r.msg.type == "override" and covers(r.msg, now) for r in self.state.store.live())
 
     # ---- status and persistence --------------------------------------------------------------------------
-    def status(self, now: datetime) -> StatusInfo:
+    def status(self, now: datetime, mono: float | None = None) -> StatusInfo:
         """Mode (its `constrained` part as of the last cycle), link states and the instructions in force."""
-        store = self.state.store
-        comms = {role: self.state.comms.state(role, now, self.params.comms_timeout_s) for role in ROLES}
+        now, mono = self._time(now, mono)
+        st, store = self.state, self.state.store
+        comms = {role: st.comms.state(role, now, mono, self.params.comms_timeout_s) for role in ROLES}
         superseded = superseded_from(store)
         active = tuple(r.msg.id for r in store.live() if in_force(r, now, superseded))
-        mode = _mode(self._overridden(now), comms["ldc"] == "lost", self.state.constrained)
-        return StatusInfo(mode, comms, active)
+        mode = _mode(self._overridden(now), comms["ldc"] == "lost", st.constrained)
+        alarms = [f"{dev_id} does not follow its command (its share goes to the others; the command is "
+                  f"re-sent)" for dev_id, t in sorted(st.follow.items()) if not t.following]
+        if st.unmet is not None and st.unmet.told:
+            alarms.append(f"the {st.unmet.side} limit of {st.unmet.limit_kw:.1f} kW ({st.unmet.source}) "
+                          "cannot be met with the devices the gateway controls")
+        if st.clock.behind_s:
+            alarms.append(f"the wall clock is {st.clock.behind_s:.0f} s behind the gateway's time: windows "
+                          "are timed on the monotonic clock until it catches up (check NTP)")
+        return StatusInfo(mode, comms, active, tuple(alarms))
 
     def snapshot(self) -> dict:
         return {"format": SNAPSHOT_FORMAT, "state": to_jsonable(self.state)}
@@ -401,7 +490,18 @@ class Engine:
     def restore(self, d: dict) -> None:
         if d.get("format") != SNAPSHOT_FORMAT:
             raise ValueError(f"unsupported engine snapshot format {d.get('format')!r}")
-        self.state = from_jsonable(EngineState, d["state"])
+        # A snapshot of an older version may carry a ramp timed on the wall clock: it restarts instead.
+        self.state = from_jsonable(EngineState, {k: v for k, v in d["state"].items() if k != "ramp"})
+
+
+def _share(ctrl: list[DeviceReading], drifting: frozenset[str]) -> float:
+    """The part of a change of the devices' total that the devices that follow take: the allocation
+    shares it in proportion to what each can do now."""
+    def can(d: DeviceReading) -> float:
+        return max(0.0, d.available_kw) + max(0.0, d.max_charge_kw)
+
+    whole = sum(can(d) for d in ctrl)
+    return 1.0 if whole <= 0 else sum(can(d) for d in ctrl if d.id not in drifting) / whole
 
 
 def _rejected(msg: Inbound, now: datetime, reason: str, detail: str) -> Response:

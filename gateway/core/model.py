@@ -70,6 +70,9 @@ class DeviceReading:
     max_charge_kw: float  # battery: max charge now (0 at SoC max); PV: 0
     soc_pct: float | None
     connected: bool
+    # How long the device may take to follow a new command (its `response_time_s` in the site file):
+    # off its command for longer than this, it is taken as not following (see following.py).
+    response_s: float = 10.0
 
 
 @dataclass(frozen=True)
@@ -106,6 +109,7 @@ class DeviceCommand:
     p_kw: float
     connect: bool
     revert_kw: float | None = None
+    resend: bool = False  # write it again in full: the device does not follow it (see following.py)
 
 
 @dataclass(frozen=True)

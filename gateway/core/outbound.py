@@ -43,7 +43,8 @@ class ErrorMsg:
 
 @dataclass(frozen=True)
 class Constraint:
-    """A market or service target that cannot be fully delivered, and why (TDC-08, TDC-15)."""
+    """A market or service target that cannot be fully delivered, and why (TDC-08, TDC-15); or a PCC limit
+    the site cannot meet with the devices it controls (see unmet.py)."""
 
     ref: str
     requested_kw: float
@@ -51,7 +52,7 @@ class Constraint:
     binding: str
     reason: str
     start: datetime
-    end: datetime
+    end: datetime | None  # None: a limit with no end (the connection agreement, an open override)
     at: datetime
 
 
@@ -99,6 +100,7 @@ class DeviceTelemetry:
     q_kvar: float
     setpoint_kw: float | None
     soc_pct: float | None
+    following: bool = True  # False: it answers but does not follow its command (see following.py)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,6 @@ def telemetry(site_id: str, seq: int, at: datetime, cycle: Cycle, meter: MeterRe
         effective=Effective(d.target_kw, d.export_limit_kw, d.import_limit_kw, d.binding, cycle.mode),
         serving=tuple(cycle.serving),
         devices=tuple(DeviceTelemetry(x.id, x.online, x.stale, x.p_kw, x.q_kvar, setpoints.get(x.id),
-                                      x.soc_pct) for x in devices),
+                                      x.soc_pct, x.id not in cycle.not_following) for x in devices),
     )
 

@@ -2,7 +2,8 @@
 
 Driven by the type hints, so a new field needs no serialiser code. A union of dataclasses is told apart
 by its `type` field (every inbound message has one). Missing keys take the field's default, so a
-snapshot written by an older version still restores.
+snapshot written by an older version still restores. A field made with `transient()` is not persisted:
+it belongs to the running process (a monotonic time, say), and a restored state has its default.
 """
 
 from __future__ import annotations
@@ -15,9 +16,15 @@ from datetime import datetime
 from typing import Any
 
 
+def transient(**kwargs: Any) -> Any:
+    """A dataclass field that is not persisted (`dataclasses.field` arguments: a default is required)."""
+    return dataclasses.field(metadata={"transient": True}, **kwargs)
+
+
 def to_jsonable(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not f.metadata.get("transient")}
     if isinstance(obj, datetime):
         return obj.isoformat()
     if isinstance(obj, bytes):

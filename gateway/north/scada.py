@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+from gateway.clocks import clocks
 from gateway.core import report
 from gateway.core.engine import Cycle
 from gateway.core.model import DeviceReading, Envelope, MeterReading
@@ -62,13 +62,13 @@ class ScadaOutstation:
         """AO88 as the SCADA limit in force says: after a restart the core brings the limit back from its
         store, and its read-back (AI149) must show it. The default when there is none."""
         engine, cap = self.gateway.engine, self.gateway.site.site.export_cap_kw
-        limit = InForce.of(engine.status(datetime.now(UTC)).active).limit
+        limit = InForce.of(engine.status(*clocks()).active).limit
         rec = engine.state.store.records["ldc"].get(limit[-1]) if limit else None
         kw = rec.msg.limits.export_limit_kw if rec is not None and isinstance(rec.msg, Envelope) else None
         return self.points.default_setpoint if kw is None or not cap else round(kw / cap * 1000)
 
     def _heard(self) -> None:
-        self.gateway.engine.heard("ldc", datetime.now(UTC))
+        self.gateway.engine.heard("ldc", *clocks())
 
     async def run(self) -> None:
         """The service: serve SCADA until cancelled."""
@@ -86,9 +86,9 @@ class ScadaOutstation:
             self.stack.stop()
 
     async def _execute(self, cmd: Command) -> None:
-        now = datetime.now(UTC)
+        now, mono = clocks()
         gw = self.gateway
-        in_force = InForce.of(gw.engine.status(now).active)
+        in_force = InForce.of(gw.engine.status(now, mono).active)
         msgs = messages(self.points, self.state, _operated(cmd), in_force, gw.site.site.export_cap_kw, now)
         log.info("SCADA %s: %s", cmd, ", ".join(str(m.id) for m in msgs) or "nothing to change")
         for msg in msgs:
@@ -99,7 +99,7 @@ class ScadaOutstation:
         if not self._serving:
             return
         gw = self.gateway
-        status = gw.engine.status(cycle.at)
+        status = gw.engine.status(*clocks())
         polled = [p.device for p in gw.pollers.values()]
         facts = Facts(
             comms=status.comms, in_force=InForce.of(status.active), setpoint=self.state.setpoint,

@@ -268,6 +268,8 @@ class DeviceValues(_Model):
     q_kvar: float
     setpoint_kw: float | None
     soc_pct: float | None
+    following: bool = Field(description="false: the device answers but does not follow its command; its "
+                            "share goes to the others (an extension of PROTOCOL §4)")
 
 
 class Telemetry(_Outbound):
@@ -320,7 +322,8 @@ class Constraint(_Outbound):
     binding: str
     reason: Reason
     start: OutTime
-    end: OutTime
+    end: OutTime | None = Field(description="null: a limit with no end (the connection agreement, an "
+                                "override until cancelled)")
 
 
 class Window(_Model):

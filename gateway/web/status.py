@@ -8,6 +8,7 @@ have to look an id up.
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -127,7 +128,7 @@ def _devices(gw: Gateway) -> list[dict[str, Any]]:
 def status_view(gw: Gateway, history: History, now: datetime, since: float | None) -> dict[str, Any]:
     """Everything the page shows; `history` holds the chart's points after `since` (epoch s), or none
     when `since` is None (the terminal view has no chart)."""
-    st = gw.engine.status(now)
+    st = gw.engine.status(now, time.monotonic())
     store = gw.engine.state.store
     cycle = gw.snapshot.cycle
     meter = gw.pollers[gw.meter_id]

@@ -3,6 +3,10 @@
 Devices are ideal: each produces exactly its last setpoint (within what it can do now), and the PCC meter
 reads Σ device power − site load. The clock only moves when the test moves it. Unless `keep_alive` is
 off, both roles send a heartbeat before every cycle, so that only the comms tests see a link lost.
+
+Field faults: `site.stuck` names devices that answer but keep their output whatever they are told;
+`site.reading_scale` makes a device's own readings off by a factor (an inverter that measures a few per
+cent high), while the meter still sees what it really puts out.
 """
 
 from __future__ import annotations
@@ -75,6 +79,8 @@ class Site:
         self.keep_alive = keep_alive
         self.outbound: list[Outbound] = []
         self.last: Cycle | None = None
+        self.stuck: set[str] = set()
+        self.reading_scale: dict[str, float] = {}
 
     # ---- inputs ------------------------------------------------------------------------------------------
     def advance(self, seconds: float) -> None:
@@ -104,10 +110,14 @@ class Site:
         if self.keep_alive:
             for role in m.ROLES:
                 self.engine.receive(m.Heartbeat(id="hb", issuer=role, issued_at=self.now), self.now)
-        c = self.engine.cycle(self.now, self.meter(), list(self.devices.values()))
+        scale = self.reading_scale
+        readings = [replace(d, p_kw=d.p_kw * scale.get(d.id, 1.0)) for d in self.devices.values()]
+        c = self.engine.cycle(self.now, self.meter(), readings)
         self.outbound += c.outbound
         for cmd in c.commands:
             d = self.devices[cmd.id]
+            if cmd.id in self.stuck:
+                continue
             p = max(-d.max_charge_kw, min(cmd.p_kw, d.available_kw))
             self.devices[cmd.id] = replace(d, p_kw=p if cmd.connect else 0.0, connected=cmd.connect)
         self.last = c

@@ -203,3 +203,56 @@ def test_limits_hold_an_override_always_wins_and_serving_never_lists_two(config:
         c = site.cycle(seconds)
         oracle.note(c.outbound)
         check_cycle(c, oracle.limits(site.now), devices, meter)
+
+
+behaviour = st.sampled_from(["follow", "stuck", "silent", "nan"])
+faults = st.lists(st.tuples(st.integers(0, 30), st.sampled_from(["pv1", "pv2", "bess1"]), behaviour,
+                            st.integers(0, 250).map(float)), max_size=4)
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(export=st.integers(0, 300).map(float), import_=st.integers(0, 400).map(float),
+       target=st.one_of(st.none(), kw), load=st.integers(0, 300).map(float), faults=faults,
+       meter_glitches=st.lists(st.integers(0, 30), max_size=3), margin=st.sampled_from([0.0, 1.0]))
+def test_tdc_08_the_metered_export_settles_within_the_limits_whatever_the_devices_do(
+        export: float, import_: float, target: float | None, load: float, faults: list, meter_glitches: list,
+        margin: float) -> None:
+    """Devices that follow, stick at an output of their own, stop answering while producing, or read NaN;
+    meter readings that are NaN now and then. Once the site has settled, the metered PCC is within the
+    export and import limits whenever the devices that follow can bring it there."""
+    site = Site(replace(PARAMS, limit_margin_kw=margin), load_kw=load)
+    site.send("envelope", "e1", export_limit_kw=export, import_limit_kw=import_, end=3600)
+    if target is not None:
+        site.send("dispatch", "d1", target_kw=target, end=3600)
+    broken: dict[str, str] = {}
+    for t in range(31):
+        for at, dev_id, what, output in faults:
+            if at != t or dev_id in broken or what == "follow":
+                continue
+            broken[dev_id] = what
+            d = site.devices[dev_id]
+            p = min(output, d.available_kw) if d.kind == "pv" else max(-d.max_charge_kw, min(output - 125.0,
+                                                                                          d.available_kw))
+            site.set_device(dev_id, p_kw=p)
+            site.stuck.add(dev_id)  # whatever it is, it no longer does what it is told
+            if what == "silent":
+                site.set_device(dev_id, online=False)
+            elif what == "nan":
+                site.reading_scale[dev_id] = math.nan
+        if t in meter_glitches:
+            site.advance(1.0)
+            nan_meter = m.MeterReading(math.nan, 0.0, 1.0, 60.0, True, False)
+            c = site.engine.cycle(site.now, nan_meter, list(site.devices.values()))
+            site.outbound += c.outbound
+        else:
+            site.cycle()
+    site.settle(30)  # past every device's response time, and then some
+    fixed = sum(d.p_kw for i, d in site.devices.items() if i in broken)
+    free = [d for i, d in site.devices.items() if i not in broken]
+    lowest = fixed + sum(-d.max_charge_kw if d.kind == "battery" else 0.0 for d in free) - load
+    highest = fixed + sum(d.available_kw for d in free) - load
+    tol = 1e-6
+    if lowest <= export - margin:
+        assert site.pcc_kw <= export + tol, (site.pcc_kw, site.last.decision if site.last else None)
+    if highest >= -import_ + margin:
+        assert site.pcc_kw >= -import_ - tol, (site.pcc_kw, site.last.decision if site.last else None)

@@ -16,7 +16,7 @@ def cycle(at: datetime, export_limit_kw: float = 100.0) -> Cycle:
     decision = Decision(target_kw=90.0, binding="envelope:e1", export_limit_kw=export_limit_kw,
                         export_binding="envelope:e1", import_limit_kw=400.0,
                         import_binding="connection_agreement", requested_kw=150.0, load_kw=120.0,
-                        device_total_kw=210.0)
+                        export_credit_kw=120.0, device_total_kw=210.0)
     return Cycle(at, decision, "constrained", [], [], [])
 
 

@@ -1,0 +1,115 @@
+"""Which devices follow their commands: a device that answers but does not follow keeps the site where it
+is, whatever it is told (a firmware in local mode, a write accepted and never applied).
+
+A device *deviates* when its output is off its last command by more than its tolerance in a way the
+command does not explain: a battery off its setpoint, a PV above its limit, or below both its limit and
+the power it says it has (below its limit alone is the sun's doing). A device that deviates for longer
+than its expected response time (`DeviceReading.response_s`) without moving towards its command is *not
+following*: the allocation leaves it out, so its output counts with the site load and the devices that
+follow take its share; its command is re-sent every response time; it follows again, and gets its share
+back, once its output is within tolerance of that command.
+
+A device on its way to a new command (its output moved towards it since the last reading: a ramp, an
+enter-service ramp after a reconnect) is *converging*: that part of the metered error goes away by
+itself, and the closed loop (feedback.py) leaves it alone. A deviation that does not move is the loop's
+to correct, at once, long before the device is declared not following (it is *drifting*).
+
+Times are monotonic seconds. A stale reading (old) tells nothing new: its device's track is left as it
+is; an offline device has none.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from gateway.core.model import DeviceReading, SiteParams
+
+# Of the device's rating: its tolerance, at least target_tolerance_kw. Inverters measure their own output to
+# a few per cent; a device read that far above its limit is measuring, not disobeying.
+FOLLOW_FRACTION = 0.05
+MOVING_FRACTION = 0.002  # of the rating: an output that moved this much towards its command is on its way
+
+
+@dataclass
+class Track:
+    p_kw: float | None = None  # the output at its last reading
+    since: float | None = None  # monotonic time it began to deviate without moving; None otherwise
+    following: bool = True
+    resend_at: float | None = None  # when its command is next re-sent, while not following
+
+
+@dataclass(frozen=True)
+class Change:
+    """A device that stopped or started following this cycle (for the audit log and the status)."""
+
+    id: str
+    following: bool
+    p_kw: float
+    command_kw: float
+
+
+@dataclass(frozen=True)
+class Following:
+    not_following: frozenset[str]
+    resend: frozenset[str]  # not-following devices whose command is re-sent this cycle
+    drifting: frozenset[str]  # still counted as following, off their command and not converging to it
+    # What devices still converging to their commands add to the PCC now: the metered error they explain.
+    converging_kw: float
+    changes: tuple[Change, ...] = field(default=())
+
+
+def tolerance_kw(d: DeviceReading, params: SiteParams) -> float:
+    return max(params.target_tolerance_kw, FOLLOW_FRACTION * d.rated_kw)
+
+
+def deviation_kw(d: DeviceReading, command_kw: float) -> float:
+    """How far the device's output is off `command_kw` in a way the command does not explain (+ = it puts
+    out more than told): for a PV, off the lower of its limit and its available power (a 70x inverter's
+    available power is its output while under its limit: it never deviates below)."""
+    if d.kind == "pv":
+        return d.p_kw - max(0.0, min(command_kw, d.available_kw))
+    return d.p_kw - min(max(command_kw, -d.max_charge_kw), max(d.available_kw, 0.0))
+
+
+def track(tracks: dict[str, Track], devices: list[DeviceReading], commanded: dict[str, float],
+          params: SiteParams, mono: float) -> Following:
+    """Update `tracks` (the engine's, by device id) with this cycle's readings against the commands they
+    were given last cycle."""
+    online = {d.id for d in devices if d.online}
+    for gone in [i for i in tracks if i not in online]:
+        del tracks[gone]
+    converging, changes, drifting = 0.0, [], set()
+    for d in devices:
+        if not d.online or d.kind not in ("pv", "battery") or d.id not in commanded:
+            continue
+        t = tracks.setdefault(d.id, Track())
+        if d.stale:
+            continue
+        command = commanded[d.id]
+        dev = deviation_kw(d, command)
+        moved = 0.0 if t.p_kw is None else d.p_kw - t.p_kw
+        towards = moved * dev < 0 and abs(moved) > MOVING_FRACTION * d.rated_kw
+        t.p_kw = d.p_kw
+        if abs(dev) <= tolerance_kw(d, params):
+            t.since = None
+            if not t.following:
+                t.following, t.resend_at = True, None
+                changes.append(Change(d.id, True, d.p_kw, command))
+        elif towards or t.since is None:  # on its way, or it just began to deviate: give it its time
+            t.since = mono
+            if t.following:
+                converging += dev
+        elif t.following:
+            drifting.add(d.id)
+            if mono - t.since >= d.response_s:
+                t.following, t.resend_at = False, mono
+                changes.append(Change(d.id, False, d.p_kw, command))
+    resend = set()
+    for dev_id, t in tracks.items():
+        if not t.following and t.resend_at is not None and mono >= t.resend_at:
+            resend.add(dev_id)
+            response = next((d.response_s for d in devices if d.id == dev_id), params.comms_timeout_s)
+            t.resend_at = mono + response
+    not_following = frozenset(i for i, t in tracks.items() if not t.following)
+    return Following(not_following, frozenset(resend), frozenset(drifting - not_following), converging,
+                     tuple(changes))
