@@ -33,6 +33,7 @@ from gateway.protocol.codec import decode_inbound, encode_outbound
 from gateway.south.device import Device, DeviceError, Reading
 from gateway.south.factory import build_devices
 from gateway.store import Store
+from gateway.supervisor import Supervisor
 from gateway.web.server import attach_web
 
 log = logging.getLogger(__name__)
@@ -162,6 +163,7 @@ class Gateway:
         others = [p for dev_id, p in self.pollers.items() if dev_id != self.meter_id]
         middle = len(others) // 2
         self._read_order = [*others[:middle], self.pollers[self.meter_id], *others[middle:]]
+        self.supervisor = Supervisor()  # before the link: its last will is a status, with the alarms
         self.link = MqttLink(site.mqtt, site.site.id, self._on_message, self._on_connect,
                              offline_payload=encode_outbound(self._status(online=False), site.site.id)[1])
         self.snapshot = Snapshot()
@@ -439,11 +441,12 @@ class Gateway:
                       version=__version__, alarms=st.alarms + self._alarms())
 
     def _alarms(self) -> tuple[str, ...]:
+        alarms = self.supervisor.alarms()
         evicted = self.store.outbox.evicted
         if evicted:
-            return (f"telemetry outbox full: {evicted} oldest messages dropped "
-                    f"(store.outbox_max_messages = {self.store.outbox.max_messages})",)
-        return ()
+            alarms += (f"telemetry outbox full: {evicted} oldest messages dropped "
+                       f"(store.outbox_max_messages = {self.store.outbox.max_messages})",)
+        return alarms
 
     async def _publish_status(self, force: bool = False) -> None:
         # compared without its time, so an unchanged status is not republished every cycle
@@ -461,18 +464,20 @@ class Gateway:
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     async def run(self) -> None:
-        tasks = [asyncio.create_task(p.run_writer(), name=f"write-{i}") for i, p in self.pollers.items()]
-        tasks += [asyncio.create_task(c, name=n) for n, c in (
-            ("mqtt", self.link.run()), ("control", self._control_loop()),
-            ("telemetry", self._telemetry_loop()), ("status", self._status_loop()))]
-        tasks += [asyncio.create_task(service(), name=service.__qualname__) for service in self.services]
+        """Every part under the supervisor (supervisor.py): one that fails is restarted, the rest go on."""
+        sup = self.supervisor
+        for dev_id, poller in self.pollers.items():
+            sup.spawn(f"write-{dev_id}", poller.run_writer)
+        for name, factory in (("mqtt", self.link.run), ("control", self._control_loop),
+                              ("telemetry", self._telemetry_loop), ("status", self._status_loop)):
+            sup.spawn(name, factory)
+        for service in self.services:
+            sup.spawn(service.__qualname__, service)
         try:
-            await asyncio.gather(*tasks)
+            await asyncio.Event().wait()  # until cancelled
         finally:
             if self._handing_out is not None:
-                tasks.append(self._handing_out)
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+                self._handing_out.cancel()
+            await sup.stop()
             await asyncio.gather(*(p.device.close() for p in self.pollers.values()), return_exceptions=True)
             self.store.close()

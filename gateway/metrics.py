@@ -144,6 +144,12 @@ class _ScrapeTime(Collector):
         yield stale
         yield GaugeMetricFamily("der_gateway_uptime_seconds", "Seconds since the gateway started",
                                 value=time.monotonic() - gw.started)
+        restarts = CounterMetricFamily("der_gateway_task_restarts",
+                                       "Times a task of the gateway failed and was restarted",
+                                       labels=["task"])
+        for name, failure in sorted(gw.supervisor.failures.items()):
+            restarts.add_metric([name], failure.count)
+        yield restarts
         # The store (outbox and audit log) is optional: without one these metrics are absent, not 0.
         store = getattr(gw, "store", None)
         outbox = getattr(store, "outbox", None)

@@ -38,8 +38,11 @@ class Rig:
         if gateway:
             await self.start_gateway()
 
-    async def start_gateway(self) -> None:
+    async def start_gateway(self, prepare: Callable[[Gateway], None] | None = None) -> None:
+        """`prepare`: called with the gateway before it runs (to add a service, say)."""
         self.gateway = Gateway(self.site, self.url)
+        if prepare is not None:
+            prepare(self.gateway)
         self._gw_task = asyncio.create_task(self.gateway.run())
         await self.wait_status(lambda s: s["state"] == "online")
         # the first control cycles have read every device
