@@ -247,7 +247,8 @@ class Gateway:
                 id=dev_id, kind=dev.kind, online=dev.online, stale=dev.stale, p_kw=r.p_kw,
                 q_kvar=r.q_kvar or 0.0, rated_kw=r.rated_kw or 0.0,
                 available_kw=r.available_kw if r.available_kw is not None else 0.0,
-                max_charge_kw=r.max_charge_kw, soc_pct=r.soc_pct, connected=bool(r.connected),
+                # a device that does not say counts as connected (following.py skips devices out of service)
+                max_charge_kw=r.max_charge_kw, soc_pct=r.soc_pct, connected=r.connected is not False,
                 response_s=self._response_s[dev_id],
             ))
             # A stale reading (a slow or failing device's last one, seconds old) is not one the others

@@ -56,6 +56,9 @@ class Supervisor:
             except Exception as err:  # the point of a supervisor: whatever it was, the rest goes on
                 error = f"{type(err).__name__}: {err}"
                 log.exception("task %s failed; restarting in %.1f s", name, delay)
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # stopped, and the task swallowed the cancellation
+                raise asyncio.CancelledError
             now = time.monotonic()
             if now - started >= HEALTHY_S:
                 delay = BACKOFF_START_S

@@ -15,7 +15,8 @@ itself, and the closed loop (feedback.py) leaves it alone. A deviation that does
 to correct, at once, long before the device is declared not following (it is *drifting*).
 
 Times are monotonic seconds. A stale reading (old) tells nothing new: its device's track is left as it
-is; an offline device has none.
+is; an offline device has none, nor has a device that says it is out of service (tripped, or waiting its
+enter-service delay after a reconnect: its output is its state's, not a command it ignores).
 """
 
 from __future__ import annotations
@@ -81,6 +82,9 @@ def track(tracks: dict[str, Track], devices: list[DeviceReading], commanded: dic
     converging, changes, drifting = 0.0, [], set()
     for d in devices:
         if not d.online or d.kind not in ("pv", "battery") or d.id not in commanded:
+            continue
+        if not d.connected:
+            tracks.pop(d.id, None)
             continue
         t = tracks.setdefault(d.id, Track())
         if d.stale:
