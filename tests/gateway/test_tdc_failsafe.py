@@ -259,6 +259,18 @@ async def _stays(rig: Rig, check: Callable[[dict[str, Any]], str | None], second
         await asyncio.sleep(0.1)
 
 
+@contextlib.asynccontextmanager
+async def gateway_process(rig: Rig, tmp_path: Path) -> AsyncIterator[GatewayProcess]:
+    """`der-gateway run` started and online; stopped on the way out if the test has not killed it."""
+    gw = GatewayProcess(rig, tmp_path)
+    gw.start()
+    try:
+        await rig.wait_status(lambda s: s["state"] == "online", timeout=30)
+        yield gw
+    finally:
+        gw.stop()
+
+
 FAST_REVERSION = {dev: {"reversion_timeout_s": 3.0} for dev in ("pv1", "pv2", "bess1", "pv3")}
 
 
@@ -268,10 +280,7 @@ async def test_tdc_20_killed_during_cease_to_energize_every_device_stays_at_0(
     """A gateway that dies during a protection trip must not let the inverters back on: each device of the
     example site (1547 PV, legacy PV, battery, DNP3 PV) is at 0 kW after its reversion timer, and stays."""
     rig: Rig = await make_rig(gateway=False, devices=FAST_REVERSION)
-    gw = GatewayProcess(rig, tmp_path)
-    gw.start()
-    try:
-        await rig.wait_status(lambda s: s["state"] == "online", timeout=30)
+    async with gateway_process(rig, tmp_path) as gw:
         mark = await rig.send("ieso", "dispatch", "d-20c", **dispatch(150.0))
         await rig.wait_meter(lambda p: abs(p - 150.0) <= TOL)
         await rig.send("ldc", "override", "o-20c", action="cease_to_energize", reason="protection", start=0)
@@ -279,8 +288,6 @@ async def test_tdc_20_killed_during_cease_to_energize_every_device_stays_at_0(
         load = rig.site.simulator.load_kw
         await rig.wait_meter(lambda p: abs(p + load) <= TOL)
         gw.kill()
-    finally:
-        gw.stop()
     # the 1547 PV and the battery revert on their timers, to 0; the legacy and DNP3 PVs have no reversion
     # value, and were written with no timeout: they keep their 0 % limit
     await asyncio.wait_for(_until(lambda: _timers_run_out(rig, ("pv1", "bess1", "pv2"))), 15)
@@ -301,18 +308,13 @@ async def test_tdc_20_killed_under_a_tight_envelope_the_1547_pv_reverts_to_its_s
     """Under a 30 kW export envelope the 1547 PV reverts to its share of it (30 × 250 / 630 kW = 11.9 kW,
     4.76 %), not to the site file's safe_limit_pct (20 %, 50 kW)."""
     rig: Rig = await make_rig(gateway=False, devices=FAST_REVERSION)
-    gw = GatewayProcess(rig, tmp_path)
-    gw.start()
-    try:
-        await rig.wait_status(lambda s: s["state"] == "online", timeout=30)
+    async with gateway_process(rig, tmp_path) as gw:
         mark = await rig.send("ldc", "envelope", "e-20t", **envelope(30.0))
         await rig.response("e-20t", "started", start=mark)
         await rig.wait_meter(lambda p: 30.0 - 3 * TOL <= p <= 30.0)
         pv2 = rig.sim.devices["pv2"]
         pv2_limit = pv2.active_limit_pct
         gw.kill()
-    finally:
-        gw.stop()
     share_kw = _share_kw(rig, 30.0, "pv1")
     pv1 = rig.sim.devices["pv1"]
     await asyncio.wait_for(_until(lambda: _timers_run_out(rig, ("pv1", "bess1"))), 15)
