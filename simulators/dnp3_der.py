@@ -3,15 +3,18 @@ needs, served by dnp3py, with the same OpenDER physics as the SunSpec inverter (
 
 Points (indices and default event classes from shared/reference/an2018/; value = raw × unit):
   AI4   nameplate active power, W          AI29  reference voltage, 0.1 V      AI43  available power, W
-  AI145 AP limit reversion timeout, s      AI149 AP limit setpoint, 0.1 %      AI536 frequency, mHz
-  AI537 active power, W (+ = generation)   AI541 reactive power, var           AI553 mean L-L voltage, 0.1 V
+  AI61  connect reversion timeout, s       AI145 AP limit reversion timeout, s AI149 AP limit setpoint, 0.1 %
+  AI536 frequency, mHz                     AI537 active power, W (+ = gen.)    AI541 reactive power, var
+  AI553 mean L-L voltage, 0.1 V
   BI19  connected and generating           BI23  connect switch closed         BI69  AP limit mode enabled
+  AO17  connect/disconnect reversion timeout, s (0: none)
   AO85  AP limit reversion timeout, s (0: none)    AO88 AP limit setpoint, 0.1 % of AI4 (0..1000)
   BO5   connect switch: ON = closed (connect), OFF = open (cease to energize at once)
   BO17  AP limit mode: ON = the output is capped at AO88
-Reversion (AN2018): when AO85 seconds pass without a write to AO85, AO88 or BO17, the limit mode turns
-off. A reboot (fault "reboot") drops the link and resets these volatile settings to their power-on
-values: limit off at 100 %, no reversion, switch closed.
+Reversion (AN2018: a timeout per mode, no reversion value): when AO85 seconds pass without a write to
+AO85, AO88 or BO17, the limit mode turns off (full output); when AO17 seconds pass without a write to
+AO17 or BO5, the switch goes back to its default, closed. A reboot (fault "reboot") drops the link and
+resets these volatile settings to their power-on values: limit off at 100 %, no reversion, switch closed.
 """
 
 from __future__ import annotations
@@ -26,20 +29,25 @@ from simulators.der_models import ES_DELAY_S, ES_RAMP_S
 from simulators.dnp3_stack import OutstationServer, PointSpec
 from simulators.physics import F_NOM, V_NOM_LL, InverterPhysics, PhysicsOutputs
 
-AI_RATED, AI_V_REF, AI_AVAILABLE, AI_REVERSION, AI_LIMIT = 4, 29, 43, 145, 149
+AI_RATED, AI_V_REF, AI_AVAILABLE, AI_CONNECT_REVERSION, AI_REVERSION, AI_LIMIT = 4, 29, 43, 61, 145, 149
 AI_HZ, AI_W, AI_VAR, AI_V = 536, 537, 541, 553
 BI_GENERATING, BI_SWITCH_CLOSED, BI_LIMIT_ENABLED = 19, 23, 69
-AO_REVERSION, AO_LIMIT = 85, 88
+AO_CONNECT_REVERSION, AO_REVERSION, AO_LIMIT = 17, 85, 88
 BO_CONNECT, BO_LIMIT = 5, 17
 POINTS = PointSpec(
     binary_inputs={BI_GENERATING: 2, BI_SWITCH_CLOSED: 2, BI_LIMIT_ENABLED: 2},
-    analog_inputs={AI_RATED: 3, AI_V_REF: 2, AI_AVAILABLE: 2, AI_REVERSION: 2, AI_LIMIT: 2, AI_HZ: 3,
-                   AI_W: 3, AI_VAR: 3, AI_V: 1},
+    analog_inputs={AI_RATED: 3, AI_V_REF: 2, AI_AVAILABLE: 2, AI_CONNECT_REVERSION: 2, AI_REVERSION: 2,
+                   AI_LIMIT: 2, AI_HZ: 3, AI_W: 3, AI_VAR: 3, AI_V: 1},
     binary_outputs=(BO_CONNECT, BO_LIMIT),
-    analog_outputs={AO_REVERSION: (0, 2**31 - 1), AO_LIMIT: (0, 1000)},
+    analog_outputs={AO_CONNECT_REVERSION: (0, 2**31 - 1), AO_REVERSION: (0, 2**31 - 1), AO_LIMIT: (0, 1000)},
 )
 FULL = 1000  # AO88 at power-on: 100.0 %
 FAULT_MODES = ("none", "silent", "reboot")
+
+
+def _deadline(timeout_s: float) -> float | None:
+    """When a reversion timer (re)started now runs out; None for 0, no reversion."""
+    return time.monotonic() + timeout_s if timeout_s else None
 
 
 class Dnp3PvInverter(PhysicsOutputs):
@@ -64,38 +72,44 @@ class Dnp3PvInverter(PhysicsOutputs):
         self.limit_raw = float(FULL)
         self.reversion_s = 0.0
         self.switch_closed = True
+        self.connect_reversion_s = 0.0
         self._deadline: float | None = None
+        self._connect_deadline: float | None = None
 
     # --- commands (from the outstation, on the loop) -------------------------------------------------
 
     def _on_binary(self, index: int, on: bool) -> None:
         if index == BO_LIMIT:
             self.limit_enabled = on
-            self._rearm()
+            self._deadline = _deadline(self.reversion_s)
         else:
             self.switch_closed = on
+            self._connect_deadline = _deadline(self.connect_reversion_s)
         self._commanded()
 
     def _on_analog(self, index: int, value: float) -> None:
-        if index == AO_LIMIT:
-            self.limit_raw = value
+        if index == AO_CONNECT_REVERSION:
+            self.connect_reversion_s = value
+            self._connect_deadline = _deadline(value)
         else:
-            self.reversion_s = value
-        self._rearm()
+            if index == AO_LIMIT:
+                self.limit_raw = value
+            else:
+                self.reversion_s = value
+            self._deadline = _deadline(self.reversion_s)
         self._commanded()
 
     def _commanded(self) -> None:
         self.writes_at.append(time.time())
         self._publish()  # read-backs follow a setting at once, not at the next physics step
 
-    def _rearm(self) -> None:
-        self._deadline = time.monotonic() + self.reversion_s if self.reversion_s else None
-
     # --- physics ------------------------------------------------------------------------------------
 
     def step(self, now: float) -> None:
         if self._deadline is not None and now >= self._deadline:
             self.limit_enabled, self._deadline = False, None
+        if self._connect_deadline is not None and now >= self._connect_deadline:
+            self.switch_closed, self._connect_deadline = True, None  # back to its default
         ph = self.physics
         ph.set_available_kw(self.irradiance_pu * self.rated_kw)
         ph.set_limit(self.limit_raw / FULL if self.limit_enabled else None)
@@ -111,11 +125,13 @@ class Dnp3PvInverter(PhysicsOutputs):
             AI_HZ: F_NOM * 1000,
             AI_AVAILABLE: min(self.irradiance_pu, 1.0) * self.rated_kw * 1000.0, AI_W: p_w,
             AI_VAR: self.physics.q_kvar * 1000.0, AI_REVERSION: self.reversion_s, AI_LIMIT: self.limit_raw,
+            AI_CONNECT_REVERSION: self.connect_reversion_s,
         }
         for index, value in analogs.items():
             s.set_analog(index, round(value))
         s.set_analog(AO_LIMIT, self.limit_raw)
         s.set_analog(AO_REVERSION, self.reversion_s)
+        s.set_analog(AO_CONNECT_REVERSION, self.connect_reversion_s)
         s.set_binary(BI_SWITCH_CLOSED, self.switch_closed)
         s.set_binary(BI_LIMIT_ENABLED, self.limit_enabled)
         s.set_binary(BI_GENERATING, self.connected and p_w > 0)

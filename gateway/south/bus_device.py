@@ -7,12 +7,15 @@ Subclasses say *where* things are (`_discover`, `_read_image`, `_reading`, `_pow
 - Reads: one image of every register the driver uses per cycle. If the bus's connection was re-made
   since discovery (the device may have rebooted, with another map and none of our setpoints), the
   device is discovered again and the last command re-applied; likewise when the read-back shows the
-  device no longer holds a written value (it reverted, or another master wrote).
-- Writes: only what changed, in order (settings, value, reversion timer, then enable; cease to
-  energize before anything else, energize only once the new limit is in place). An unchanged power
-  command is rewritten every `REFRESH_FRACTION` × the reversion timeout, which keeps the device's
-  reversion timer from running out while the gateway lives. Every point written is journalled as a
-  `WriteRecord`, with its result.
+  device no longer holds a written value, of the power command or of the connect state (it reverted,
+  or another master wrote).
+- Writes: only what changed, in order (settings, value, reversion value and timer, then enable; cease
+  to energize before anything else, energize only once the new limit is in place); a change of the
+  command's `revert_kw` alone writes the reversion value alone. An unchanged power command and an
+  unchanged connect state are each rewritten every `REFRESH_FRACTION` × the reversion timeout, counted
+  from their last write that restarts the device's timer (a reversion value does not), which keeps the
+  device's reversion timer from running out while the gateway lives. Every point written is journalled
+  as a `WriteRecord`, with its result.
 - Modbus errors become device errors once, here: no answer → `DeviceOffline`, an exception or an
   unusable map → `DeviceFault`.
 """
@@ -40,6 +43,7 @@ from gateway.south.device import (
     WriteHook,
     WritePurpose,
     WriteRecord,
+    due_writes,
 )
 from gateway.south.modbus_client import (
     MAX_READ_REGISTERS,
@@ -80,6 +84,7 @@ class PointWrite:
     regs: tuple[int, ...]
     held: bool = False  # the device must go on holding it: a read-back that differs means it was lost
     single: bool = False  # write with FC6 (one register) instead of FC16
+    rearms: bool = True  # writing it restarts the device's reversion timer (a reversion value does not)
 
 
 class RegisterImage:
@@ -178,8 +183,9 @@ class BusDevice(Device):
         self._image: RegisterImage | None = None
         self._generation = -1  # the bus connection's generation at discovery
         self._applied_power: tuple[PointWrite, ...] | None = None
-        self._power_written_at = -math.inf
-        self._applied_connect: bool | None = None
+        self._power_written_at = -math.inf  # the last write that restarted the device's reversion timer
+        self._applied_connect: tuple[PointWrite, ...] | None = None
+        self._connect_written_at = -math.inf
         self._applying = asyncio.Lock()
         self._settled: Setpoint | None = None  # the command last applied in full, nothing left to write
         self._pv_available_w: float | None = None  # last estimate, for PV that does not report it
@@ -228,8 +234,9 @@ class BusDevice(Device):
         """The ordered writes of a power command (settings, value, reversion, timer, then enable)."""
 
     @abstractmethod
-    def _connect_plan(self, cmd: Setpoint) -> PointWrite | None:
-        """The write that connects or disconnects; None when the device has no such control."""
+    def _connect_plan(self, cmd: Setpoint) -> tuple[PointWrite, ...]:
+        """The ordered writes that connect or disconnect (timer, then the point); () when the device has no
+        such control."""
 
     async def _after_apply(self, now: float) -> None:
         """After the command writes of a cycle (a protocol heartbeat, for instance)."""
@@ -258,7 +265,7 @@ class BusDevice(Device):
             await self._recover()
             assert self._image is not None
             image = self._image
-        elif self._lost_power_command(image, started):
+        elif self._lost_command(image, started):
             await self._reapply()
         return self._reading(image)
 
@@ -271,7 +278,7 @@ class BusDevice(Device):
         cmd = self._command
         if cmd is None:
             return
-        if cmd == self._settled and time.monotonic() - self._power_written_at < self._refresh_s:
+        if cmd == self._settled and not self._refresh_due(time.monotonic()):
             # Nothing to work out: the command is on the device (the writer checks every new one
             # against the device's current image). Planning it afresh after every read was a tenth
             # of the gateway's time at 1,000 devices.
@@ -323,13 +330,17 @@ class BusDevice(Device):
             at=image.at,
         )
 
-    def _lost_power_command(self, image: RegisterImage, read_started: float) -> bool:
-        """The device no longer holds what we wrote (it reverted, rebooted behind a gateway, or another
-        master wrote): a held point reads back other than it was written."""
-        if self._applied_power is None or self._power_written_at >= read_started:
-            return False
-        held = (w for w in self._applied_power if w.held)
-        return any(image.regs(w.address, len(w.regs)) != list(w.regs) for w in held)
+    def _lost_command(self, image: RegisterImage, read_started: float) -> bool:
+        """The device no longer holds what we wrote, power command or connect state (it reverted, rebooted
+        behind a gateway, or another master wrote): a held point reads back other than it was written.
+        Judged only on a read that started after those points were written."""
+        for applied, written_at in ((self._applied_power, self._power_written_at),
+                                    (self._applied_connect, self._connect_written_at)):
+            if applied is None or written_at >= read_started:
+                continue
+            if any(image.regs(w.address, len(w.regs)) != list(w.regs) for w in applied if w.held):
+                return True
+        return False
 
     # --- writing ------------------------------------------------------------------------------------
 
@@ -357,22 +368,14 @@ class BusDevice(Device):
         assert cmd is not None and self._image is not None
         now = time.monotonic()
         power = self._power_plan(cmd)
-        applied = self._applied_power
-        power_step: tuple[list[PointWrite], WritePurpose] | None = None
-        if force or applied is None:
-            power_step = (list(power), "reapply" if force else "setpoint")
-        elif power != applied:
-            # A new setpoint: only the points that changed (usually the value alone, one request instead
-            # of the whole sequence; at 1,000 devices the writes compete with the reads for the bus).
-            power_step = ([w for w in power if w not in applied], "setpoint")
-        elif now - self._power_written_at >= self._refresh_s:
-            power_step = (list(power), "refresh")
         connect = self._connect_plan(cmd)
-        connect_step: tuple[list[PointWrite], WritePurpose] | None = None
-        if connect is None and not cmd.connect:
+        if not connect and not cmd.connect:
             raise DeviceFault(self.id, "cannot disconnect: the device has no connect control in its profile")
-        if connect is not None and (force or cmd.connect != self._applied_connect):
-            connect_step = ([connect], "reapply" if force else "connect")
+        power_step = due_writes(power, self._applied_power, now - self._power_written_at, self._refresh_s,
+                                force=force, purpose="setpoint")
+        connect_step = None if not connect else due_writes(
+            connect, self._applied_connect, now - self._connect_written_at, self._refresh_s, force=force,
+            purpose="connect")
         if power_step or connect_step:
             self._settled = None  # until the writes are through
         # Energize only once the new limit is in place; cease to energize before anything else.
@@ -380,16 +383,24 @@ class BusDevice(Device):
         for what, step in order if cmd.connect else reversed(order):
             if step is None:
                 continue
+            writes, purpose = step
             if what == "power":
                 self._applied_power = None  # until the whole sequence is through
-                await self._write_points(*step)
-                self._applied_power, self._power_written_at = power, now
+                await self._write_points(writes, purpose)
+                self._applied_power = power
+                if any(w.rearms for w in writes):
+                    self._power_written_at = now
             else:
                 self._applied_connect = None
-                await self._write_points(*step)
-                self._applied_connect = cmd.connect
+                await self._write_points(writes, purpose)
+                self._applied_connect, self._connect_written_at = connect, now
         self._settled = cmd
         await self._after_apply(now)
+
+    def _refresh_due(self, now: float) -> bool:
+        """The power command or the connect state is due to be rewritten."""
+        return now - self._power_written_at >= self._refresh_s or bool(
+            self._applied_connect and now - self._connect_written_at >= self._refresh_s)
 
     async def _write_points(self, writes: Sequence[PointWrite], purpose: WritePurpose) -> None:
         """Write in order, one request per run of adjacent points; every point is recorded."""

@@ -12,8 +12,14 @@ passed, then makes one recovery attempt (reconnect, re-discover, re-apply the la
 first good read brings it back online.
 
 A written command stays in force until the next `write()` or `close()`: `read()` keeps it alive by
-rewriting it before the device's reversion timer can run out. When the gateway stops (process dead,
-or `close()`), nothing refreshes it any more and every device reverts to its safe value on its own.
+rewriting it before the device's reversion timer can run out, and reads back what the device holds
+(power and connect state alike), writing it again when the device has lost it. When the gateway stops
+(process dead, or `close()`), nothing refreshes it any more and every device reverts on its own, to
+what was written with the command: the lower of the device's safe limit (the site file's
+`safe_limit_pct`) and the command's `revert_kw` (its share of the LDC limits in force, 0 under
+disconnect / cease_to_energize). A map without a reversion value (SunSpec 123, AN2018 DNP3, most vendor
+maps) drops the limit altogether when its timer runs out; such a device is written with no timeout
+while that would exceed the reversion limit, and keeps the gateway's last command instead.
 
 Sign convention of `Reading.p_kw` and `Command.p_kw`: positive = power into the grid side (PV
 generation, battery discharge); for the meter, positive = export from the site to the grid.
@@ -21,11 +27,12 @@ generation, battery discharge); for the meter, positive = export from the site t
 
 from __future__ import annotations
 
+import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, Protocol, TypeVar
 
 from gateway.south.backoff import Backoff
 
@@ -54,10 +61,12 @@ class Reading:
 
 
 class Command(Protocol):
-    """What the control loop wants from a device (any object with these two attributes).
+    """What the control loop wants from a device (any object with these attributes).
 
     p_kw: PV: the active power limit in kW (clamped to 0…rated); battery: the signed active power
-    setpoint in kW, negative = charge. connect: False = cease to energize / disconnect.
+    setpoint in kW, negative = charge. connect: False = cease to energize / disconnect. revert_kw: the
+    most the device may produce (PV) or discharge (battery) once its reversion timer has run out, i.e.
+    when the gateway has stopped (`gateway.core.model.DeviceCommand`); None: the LDC restricts nothing.
     """
 
     @property
@@ -66,6 +75,9 @@ class Command(Protocol):
     @property
     def connect(self) -> bool: ...
 
+    @property
+    def revert_kw(self) -> float | None: ...
+
 
 @dataclass(frozen=True, slots=True)
 class Setpoint:
@@ -73,6 +85,18 @@ class Setpoint:
 
     p_kw: float
     connect: bool = True
+    revert_kw: float | None = None
+
+    def revert_cap_w(self, safe_w: float) -> float:
+        """What the device may produce (or discharge) once its reversion timer runs out, in W: the lower of
+        its own safe limit `safe_w` and `revert_kw`."""
+        return safe_w if self.revert_kw is None else min(safe_w, self.revert_kw * 1000)
+
+    def held_on_timeout(self, safe_limit_pct: float, rated_w: float) -> bool:
+        """For a device that drops its limit when its reversion timer runs out (full output): whether that
+        would exceed what it may do once the gateway has stopped. It is then written with no timeout, and
+        keeps this command instead."""
+        return self.revert_cap_w(safe_limit_pct / 100 * rated_w) < rated_w
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +113,24 @@ class WriteRecord:
 
 
 WriteHook = Callable[[WriteRecord], None]
+
+W = TypeVar("W")  # one write of a driver's plan (a register write, a DNP3 operate)
+
+
+def due_writes(plan: Sequence[W], applied: Sequence[W] | None, age_s: float, refresh_s: float, *,
+               force: bool, purpose: WritePurpose) -> tuple[list[W], WritePurpose] | None:
+    """What of a planned sequence of writes (a power command, a connect state) to write now: all of it
+    when forced, not yet applied, or due for a refresh (`age_s` since its last write that restarted the
+    device's reversion timer); else only the writes that changed (usually one: a request instead of the
+    whole sequence, and at 1,000 devices the writes compete with the reads for the bus); None when
+    nothing is due."""
+    if force or applied is None:
+        return list(plan), "reapply" if force else purpose
+    if tuple(plan) != tuple(applied):
+        return [w for w in plan if w not in applied], purpose
+    if age_s >= refresh_s:
+        return list(plan), "refresh"
+    return None
 
 
 class DeviceError(Exception):
@@ -199,7 +241,10 @@ class Device(ABC):
         """
         if self._kind == "meter":
             raise TypeError(f"{self._id}: a meter takes no commands")
-        self._command = Setpoint(float(cmd.p_kw), bool(cmd.connect))
+        revert = cmd.revert_kw
+        if revert is not None:  # NaN or below 0 (a bug upstream): the most restrictive reading of it
+            revert = max(0.0, float(revert)) if math.isfinite(revert) else 0.0
+        self._command = Setpoint(float(cmd.p_kw), bool(cmd.connect), revert)
         if not self._online:
             return False
         try:

@@ -7,10 +7,18 @@ on the wire. A poll that gets no answer (response timeout, link down) raises Dev
 `Device` supervision takes over (offline, backoff, recovery); opendnp3 reconnects the TCP link by itself.
 
 Writes: the active power limit as AO85 (reversion timeout), AO88 (setpoint), BO17 ON; the connect
-command as BO5. A command is written when it changes, refreshed every `REFRESH_FRACTION` × the reversion
-timeout, and written again in full after the link re-opens or the device reports a restart (its
-settings may be gone), or when the read-back (BI69, AI149) no longer shows it (it reverted, or another
-master wrote). Every point written is recorded through the `on_write` hook.
+command as AO17 (its reversion timeout, 0) and BO5. What changed of each is written when the command
+changes; both are refreshed every `REFRESH_FRACTION` × the reversion timeout, and written again in full
+after the link re-opens or the device reports a restart (its settings may be gone), or when the
+read-back (BI69 and AI149 for the limit, BI23 for the switch) no longer shows them (it reverted, or
+another master wrote). Every point written is recorded through the `on_write` hook.
+
+Reversion: AN2018 has a reversion timeout for each mode but no reversion value: when AO85 runs out
+the device turns the limit mode off (full output), and when AO17 runs out the switch returns to its
+default (closed). So AO85 is written as the timeout only while full output is within what the device
+may do once the gateway has stopped (its site-file safe limit and the command's `revert_kw`, the LDC's
+share); otherwise as 0 (no reversion), and the device keeps the gateway's last limit. AO17 is always 0:
+an open switch stays open.
 """
 
 from __future__ import annotations
@@ -35,6 +43,7 @@ from gateway.south.device import (
     WriteHook,
     WritePurpose,
     WriteRecord,
+    due_writes,
 )
 from gateway.south.profile import PROFILES_DIR, ROLE_OF_KIND, ProfileError
 from gateway.south.sunspec_device import REFRESH_FRACTION
@@ -74,6 +83,7 @@ class PowerPoints(_Strict):
 
 class ConnectPoint(_Strict):
     point: int = Field(ge=0, le=65535)
+    reversion_timer: int | None = Field(default=None, ge=0, le=65535, description="written as 0 first")
 
 
 class Dnp3Profile(_Strict):
@@ -118,13 +128,17 @@ class Dnp3Device(Device):
         self._master = MasterStack(name=cfg.id, host=cfg.host, port=cfg.port, address=cfg.master_address,
                                    outstation_address=cfg.outstation_address,
                                    response_timeout_s=cfg.timeout_s)
+        self._safe_limit_pct = cfg.safe_limit_pct
         self._reversion_s = max(1, round(cfg.reversion_timeout_s))  # the timer point holds whole seconds
         self._refresh_s = self._reversion_s * REFRESH_FRACTION
         self._integrity_at = -math.inf
         self._polled_at = 0.0
-        self._applied_power: int | None = None  # AO88 raw as last written in full
+        self._applied_power: tuple[_Write, ...] | None = None  # the limit's writes, as last applied
+        self._applied_limit: int | None = None  # AO88 raw of them, as AI149 reads it back
         self._power_written_at = -math.inf
-        self._applied_connect: bool | None = None
+        self._applied_connect: tuple[_Write, ...] | None = None
+        self._applied_switch: bool | None = None  # BO5 of them, as BI23 reads it back
+        self._connect_written_at = -math.inf
         self._applied_generation = -1  # the link generation the command was last written in full on
 
     @classmethod
@@ -148,7 +162,7 @@ class Dnp3Device(Device):
         started = time.monotonic()
         await self._poll(integrity=started - self._integrity_at >= self._profile.integrity_interval_s)
         if self._command is not None and (self._master.generation != self._applied_generation
-                                          or self._lost_power_command(started)):
+                                          or self._lost_command(started)):
             await self._reapply()
         return self._reading()
 
@@ -200,14 +214,16 @@ class Dnp3Device(Device):
             at=self._polled_at,
         )
 
-    def _lost_power_command(self, read_started: float) -> bool:
-        """The read-back no longer shows the limit last written (it reverted, or another master wrote);
-        judged only on a poll that started after that write was done."""
-        if self._applied_power is None or self._power_written_at >= read_started:
-            return False
-        enabled = self._master.binaries.get(self._profile.status.limit_enabled)
-        held = self._master.analogs.get(self._profile.read.limit_pct.index)
-        return not enabled or held != self._applied_power
+    def _lost_command(self, read_started: float) -> bool:
+        """The read-back no longer shows the limit or the switch state last written (it reverted, or another
+        master wrote); each judged only on a poll that started after it was written."""
+        bi, st = self._master.binaries, self._profile.status
+        if self._applied_limit is not None and self._power_written_at < read_started:
+            held = self._master.analogs.get(self._profile.read.limit_pct.index)
+            if not bi.get(st.limit_enabled) or held != self._applied_limit:
+                return True
+        return (self._applied_switch is not None and self._connect_written_at < read_started
+                and bi.get(st.connected) != self._applied_switch)
 
     # --- writes -------------------------------------------------------------------------------------
 
@@ -224,36 +240,38 @@ class Dnp3Device(Device):
         rated_w = self._value(rated)
         if not rated_w:
             raise DeviceFault(self.id, f"cannot command: the device reports no rated power (AI{rated.index})")
-        pw = self._profile.power
+        pw, cc = self._profile.power, self._profile.connect
         raw = round(min(100.0, max(0.0, cmd.p_kw * 1000 / rated_w * 100)) * pw.value_scale)
-        power: WritePurpose | None = None
-        if force or raw != self._applied_power:
-            power = "reapply" if force else "setpoint"
-        elif time.monotonic() - self._power_written_at >= self._refresh_s:
-            power = "refresh"
-        connect: WritePurpose | None = None
-        if force or cmd.connect != self._applied_connect:
-            connect = "reapply" if force else "connect"
-        if connect is not None and not cmd.connect:  # cease to energize before anything else
-            await self._write_connect(False, connect)
-            connect = None
-        if power is not None:
-            self._applied_power = None  # until the whole sequence is through
-            await self._operate([
-                _Write(f"AO{pw.reversion_timer}", AnalogCommand(pw.reversion_timer, self._reversion_s)),
-                _Write(f"AO{pw.value}", AnalogCommand(pw.value, raw)),
-                _Write(f"BO{pw.enable}", BinaryCommand(pw.enable, True, "LATCH_ON")),
-            ], power)
-            self._applied_power, self._power_written_at = raw, time.monotonic()
-        if connect is not None:  # energize only once the new limit is in place
-            await self._write_connect(True, connect)
-
-    async def _write_connect(self, connect: bool, purpose: WritePurpose) -> None:
-        point = self._profile.connect.point
-        self._applied_connect = None
-        code = "LATCH_ON" if connect else "LATCH_OFF"
-        await self._operate([_Write(f"BO{point}", BinaryCommand(point, connect, code))], purpose)
-        self._applied_connect = connect
+        # No reversion value in AN2018: 0 = no timeout, the device keeps this limit, unless full output
+        # (the limit mode off) is within what it may do once the gateway has stopped.
+        timer = 0 if cmd.held_on_timeout(self._safe_limit_pct, rated_w) else self._reversion_s
+        power = (_Write(f"AO{pw.reversion_timer}", AnalogCommand(pw.reversion_timer, timer)),
+                 _Write(f"AO{pw.value}", AnalogCommand(pw.value, raw)),
+                 _Write(f"BO{pw.enable}", BinaryCommand(pw.enable, True, "LATCH_ON")))
+        code = "LATCH_ON" if cmd.connect else "LATCH_OFF"
+        switch = _Write(f"BO{cc.point}", BinaryCommand(cc.point, cmd.connect, code))
+        connect = (switch,) if cc.reversion_timer is None else (
+            _Write(f"AO{cc.reversion_timer}", AnalogCommand(cc.reversion_timer, 0)), switch)
+        now = time.monotonic()
+        power_step = due_writes(power, self._applied_power, now - self._power_written_at, self._refresh_s,
+                                force=force, purpose="setpoint")
+        connect_step = due_writes(connect, self._applied_connect, now - self._connect_written_at,
+                                  self._refresh_s, force=force, purpose="connect")
+        # Cease to energize before anything else; energize only once the new limit is in place.
+        order = [("power", power_step), ("connect", connect_step)]
+        for what, step in order if cmd.connect else reversed(order):
+            if step is None:
+                continue
+            if what == "power":
+                self._applied_power = self._applied_limit = None  # until the whole sequence is through
+                await self._operate(*step)
+                self._applied_power, self._applied_limit = power, raw
+                self._power_written_at = time.monotonic()
+            else:
+                self._applied_connect = self._applied_switch = None
+                await self._operate(*step)
+                self._applied_connect, self._applied_switch = connect, cmd.connect
+                self._connect_written_at = time.monotonic()
 
     async def _operate(self, writes: list[_Write], purpose: WritePurpose) -> None:
         """Operate each point in order; every one is recorded, the first failure stops the sequence."""

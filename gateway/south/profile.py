@@ -67,16 +67,20 @@ class PowerControl(_Strict):
     reversion_value: PointRef | None = None
     reversion_enable: PointRef | None = None
     reversion: float | Literal["safe_limit_pct"] = Field(
-        default=0.0, description="value after the reversion timeout, in `unit`, or the site's safe_limit_pct"
-    )
-    hold_last_on_loss: bool = Field(
-        default=False, description="write the timer as 0: the device keeps the last command when the gateway "
-        "stops (for models whose reversion is 'no limit', such as 123)")
+        default=0.0, description="the device's own safe value after the reversion timeout, in `unit` (W: "
+        "+ = into the grid), or the site's safe_limit_pct; the driver writes the lower of it and the "
+        "command's revert_kw")
+    reverts_to_no_limit: bool = Field(
+        default=False, description="the model has no reversion value: when its timer runs out the device "
+        "drops the limit (123). The timer is then written as 0 (the device keeps the last command) "
+        "whenever full output would exceed the safe limit or the LDC's share")
 
     @model_validator(mode="after")
     def _check_reversion(self) -> PowerControl:
         if self.reversion == "safe_limit_pct" and self.unit != "pct_of_rated":
             raise ValueError("reversion = 'safe_limit_pct' needs unit = 'pct_of_rated'")
+        if self.reverts_to_no_limit and self.reversion_value:
+            raise ValueError("reverts_to_no_limit = true is for a model without a reversion_value")
         return self
 
 
@@ -84,6 +88,9 @@ class ConnectControl(_Strict):
     point: PointRef
     connect: str
     disconnect: str
+    reversion_timer: PointRef | None = Field(
+        default=None, description="the connect control's timeout (123 Conn_RvrtTms), written as 0 before the "
+        "point: the device keeps the state it was given when the gateway stops (123 would reconnect)")
 
 
 class Variant(_Strict):
@@ -156,6 +163,8 @@ class Variant(_Strict):
         if self.connect:
             c = self.connect
             refs.append(("connect.point", c.point, [c.connect, c.disconnect], True))
+            if c.reversion_timer:
+                refs.append(("connect.reversion_timer", c.reversion_timer, [], True))
         if self.heartbeat:
             refs.append(("heartbeat", self.heartbeat, [], True))
         return refs

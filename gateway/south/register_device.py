@@ -63,6 +63,8 @@ class RegisterDevice(BusDevice):
         if p.power is not None:  # read back the command in force (and the scales its writes need)
             names |= {p.power.reg, *(s.reg for s in [p.power.enable] if s)}
             names |= {t for t in [p.power.reversion_timer] if t}
+        if self._connect_state is not None:  # and the connect state it was given
+            names.add(self._connect_state)
         names |= {sf for n in set(names) if (sf := p.registers[n].scale_register) is not None}
         ranges: dict[Table, list[tuple[int, int]]] = {"holding": [], "input": []}
         for name in names:
@@ -128,18 +130,29 @@ class RegisterDevice(BusDevice):
         rated = self._value(self._profile.read.rated_w, image) if self._profile.read.rated_w else None
         writes = [self._point_write(pc.reg, self._power_target(cmd, pc.unit, rated), image, held=True)]
         if pc.reversion_timer is not None:
-            timer = 0 if pc.hold_last_on_loss else self._reversion_s
-            writes.append(self._point_write(pc.reversion_timer, timer, image))
+            assert rated  # _power_target refuses a device without one
+            # A device that drops the limit when its timer runs out keeps this command instead (0 = no
+            # timeout) unless full output is within what it may do once the gateway has stopped.
+            keep = pc.reverts_to_no_limit and cmd.held_on_timeout(self._cfg.safe_limit_pct, rated)
+            writes.append(self._point_write(pc.reversion_timer, 0 if keep else self._reversion_s, image))
         if pc.enable is not None:
             writes.append(self._raw_write(pc.enable.reg, pc.enable.on, held=True))
         return tuple(writes)
 
-    def _connect_plan(self, cmd: Setpoint) -> PointWrite | None:
+    def _connect_plan(self, cmd: Setpoint) -> tuple[PointWrite, ...]:
         cc = self._profile.connect
         if cc is None:
-            return None
+            return ()
         target = cc.on if cmd.connect else cc.off
-        return self._raw_write(target.reg, target.value)
+        # Read back only a register that holds the state (one register, two values); two command registers
+        # (start / stop) are momentary, and read back nothing of it.
+        return (self._raw_write(target.reg, target.value, held=self._connect_state is not None),)
+
+    @cached_property
+    def _connect_state(self) -> str | None:
+        """The register that holds the connect state, when connect and disconnect write one register."""
+        cc = self._profile.connect
+        return cc.on.reg if cc is not None and cc.on.reg == cc.off.reg else None
 
     # --- registers ----------------------------------------------------------------------------------
 

@@ -277,8 +277,10 @@ class SunSpecDevice(BusDevice):
             if self._kind != "meter" and not read_points["rated_w"]:
                 raise ValueError("no rated power point (read.rated_w) on this device")
             power = self._bind_power(bound)
-            # Read back what we write: the command in force, and the scale factors of what we write.
-            extra = [power.value, power.enable, *filter(None, [power.reversion_value])] if power else []
+            # Read back what we write: the command in force, its connect state, and the scale factors of
+            # what we write.
+            extra = [power.value, power.enable, *filter(None, [power.reversion_value, power.connect])
+                     ] if power else []
             heartbeat = bound.bind(bound.variant.heartbeat) if bound.variant.heartbeat else None
         except ValueError as err:
             raise DeviceFault(self.id, f"{err} (profile {self._cfg.profile!r}, kind {self._kind})") from None
@@ -303,7 +305,7 @@ class SunSpecDevice(BusDevice):
         return refs
 
     def _bind_power(self, bound: BoundMap) -> _PowerPoints | None:
-        pc = bound.variant.power
+        pc, cc = bound.variant.power, bound.variant.connect
         if pc is None:
             return None
         return _PowerPoints(
@@ -314,7 +316,8 @@ class SunSpecDevice(BusDevice):
             reversion_value=bound.bind(pc.reversion_value) if pc.reversion_value else None,
             reversion_enable=bound.bind(pc.reversion_enable) if pc.reversion_enable else None,
             reversion_timer=bound.require(pc.reversion_timer),
-            connect=bound.bind(bound.variant.connect.point) if bound.variant.connect else None,
+            connect=bound.bind(cc.point) if cc else None,
+            connect_timer=bound.bind(cc.reversion_timer) if cc and cc.reversion_timer else None,
         )
 
     async def _read_image(self) -> Image:
@@ -368,45 +371,55 @@ class SunSpecDevice(BusDevice):
         pp, image = self._power_points, self._image
         assert pp is not None and image is not None
         pc = pp.control
-        target = self._power_target(cmd, pc.unit, self._first("rated_w", image))
-        if pc.unit == "pct_of_rated":
-            reversion = self._cfg.safe_limit_pct if pc.reversion == "safe_limit_pct" else pc.reversion
-        else:
-            reversion = self._sign * float(pc.reversion)  # the profile's validator keeps this numeric for W
+        rated_w = self._first("rated_w", image)
+        target = self._power_target(cmd, pc.unit, rated_w)
+        assert rated_w  # _power_target refuses a device without one
         writes = [self._point_write(p, p.pdef.symbols[sym]) for p, sym in pp.settings]
         writes.append(self._point_write(pp.value, self._scaled(pp.value, target, image), held=True))
         if pp.reversion_value is not None:
-            raw = self._scaled(pp.reversion_value, reversion, image)
-            writes.append(self._point_write(pp.reversion_value, raw))
+            # What the device does once the gateway has stopped: the lower of its own safe value and the
+            # command's revert_kw (its share of the LDC limits in force, 0 under cease_to_energize).
+            if pc.unit == "pct_of_rated":
+                own = self._cfg.safe_limit_pct if pc.reversion == "safe_limit_pct" else float(pc.reversion)
+                pct = cmd.revert_cap_w(own / 100 * rated_w) / rated_w * 100
+                raw = self._scaled(pp.reversion_value, pct, image, down=True)  # rounded down: never above it
+            else:  # a signed W setpoint: never more discharge than revert_kw; a charge value stands
+                reversion = cmd.revert_cap_w(float(pc.reversion))  # the validator keeps it numeric for W
+                raw = self._scaled(pp.reversion_value, self._sign * reversion, image)
+            writes.append(self._point_write(pp.reversion_value, raw, rearms=False))
         if pp.reversion_enable is not None:
             enabled = pp.reversion_enable.pdef.symbols[pc.enabled]
-            writes.append(self._point_write(pp.reversion_enable, enabled))
-        # 0 = no reversion: a device without a reversion value keeps the last limit (see the profile)
-        timer = 0 if pc.hold_last_on_loss else self._reversion_s
-        writes.append(self._point_write(pp.reversion_timer, timer))
+            writes.append(self._point_write(pp.reversion_enable, enabled, rearms=False))
+        # A model without a reversion value drops the limit when its timer runs out: 0 = no reversion,
+        # the device keeps this command, unless full output is within what it may do then.
+        keep = pc.reverts_to_no_limit and cmd.held_on_timeout(self._cfg.safe_limit_pct, rated_w)
+        writes.append(self._point_write(pp.reversion_timer, 0 if keep else self._reversion_s))
         writes.append(self._point_write(pp.enable, pp.enable.pdef.symbols[pc.enabled], held=True))
         return tuple(writes)
 
-    def _connect_plan(self, cmd: Setpoint) -> PointWrite | None:
+    def _connect_plan(self, cmd: Setpoint) -> tuple[PointWrite, ...]:
         cc = self._map.variant.connect if self._map else None
         pp = self._power_points
         if cc is None or pp is None or pp.connect is None:
-            return None
+            return ()
         symbol = cc.connect if cmd.connect else cc.disconnect
-        return self._point_write(pp.connect, pp.connect.pdef.symbols[symbol])
+        # its timeout first, as 0: the state holds when the gateway stops (123 would go back to CONNECT)
+        timer = () if pp.connect_timer is None else (self._point_write(pp.connect_timer, 0),)
+        return (*timer, self._point_write(pp.connect, pp.connect.pdef.symbols[symbol], held=True))
 
-    def _point_write(self, point: Bound, raw: int, *, held: bool = False) -> PointWrite:
+    def _point_write(self, point: Bound, raw: int, *, held: bool = False, rearms: bool = True) -> PointWrite:
         try:
             regs = tuple(encode(point.pdef, raw))
         except struct.error:
             raise DeviceFault(self.id, f"value out of range for the point: {point.label}={raw}") from None
-        return PointWrite(point.label, point.address, raw, regs, held=held)
+        return PointWrite(point.label, point.address, raw, regs, held=held, rearms=rearms)
 
-    def _scaled(self, point: Bound, value: float, image: Image) -> int:
+    def _scaled(self, point: Bound, value: float, image: Image, *, down: bool = False) -> int:
+        """The raw value of `value` under the point's scale factor, rounded (or `down`)."""
         sf = image.exponent(point)
         if sf is None:
             raise DeviceFault(self.id, f"cannot write {point.label}: its scale factor is not implemented")
-        return to_raw(value, sf)
+        return math.floor(value / 10.0**sf + 1e-9) if down else to_raw(value, sf)
 
     async def _after_apply(self, now: float) -> None:
         """715 ControllerHb: tells the DER its controller is alive; at most once a second."""
@@ -441,3 +454,4 @@ class _PowerPoints:
     reversion_enable: Bound | None
     reversion_timer: Bound
     connect: Bound | None
+    connect_timer: Bound | None

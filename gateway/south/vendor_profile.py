@@ -128,8 +128,10 @@ class PowerControl(_Strict):
     enable: Switch | None = None
     reversion_timer: Name | None = Field(
         default=None, description="seconds after the last write at which the device drops the command")
-    hold_last_on_loss: bool = Field(
-        default=False, description="write the reversion timer as 0 (the device keeps the last command)")
+    reverts_to_no_limit: bool = Field(
+        default=False, description="a PV limit the device drops when its timer runs out (full output; 0 = "
+        "keep the command): the timer is written as 0 whenever full output would exceed the site's "
+        "safe_limit_pct or the LDC's share")
 
 
 class Command(_Strict):
@@ -341,6 +343,8 @@ def _check(p: VendorProfile) -> list[tuple[tuple[str | int, ...], str]]:
         if p.power.reversion_timer is not None:
             problems += _ref(p, ("power", "reversion_timer"), p.power.reversion_timer,
                              numeric=True, write=True)
+        elif p.power.reverts_to_no_limit:
+            problems.append((("power", "reverts_to_no_limit"), "needs a reversion_timer to write as 0"))
     if p.connect is not None:
         for which in ("on", "off"):
             cmd: Command = getattr(p.connect, which)

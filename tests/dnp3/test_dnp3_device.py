@@ -15,7 +15,7 @@ import pytest_asyncio
 from gateway.config import DeviceConfig
 from gateway.south.device import DeviceOffline, Reading, Setpoint, WriteRecord
 from gateway.south.dnp3_device import Dnp3Device
-from simulators.dnp3_der import BO_LIMIT, Dnp3PvInverter
+from simulators.dnp3_der import AO_CONNECT_REVERSION, BO_CONNECT, BO_LIMIT, Dnp3PvInverter
 from simulators.physics import STEP_S
 
 pytestmark = pytest.mark.asyncio
@@ -51,8 +51,10 @@ async def _physics(sim: Dnp3PvInverter) -> None:
 
 @pytest_asyncio.fixture
 async def der(free_port: Callable[[], int]) -> AsyncIterator[Der]:
+    # safe_limit_pct 100: full output is this device's safe state, so what AN2018 reverts to (the limit mode
+    # off) is within it and the timeout is written, until a command's revert_kw says otherwise
     cfg = DeviceConfig(id="pv-dnp3", kind="pv", protocol="dnp3", port=free_port(), timeout_s=0.5,
-                       reversion_timeout_s=2.0, sim={"rated_kw": RATED_KW})
+                       reversion_timeout_s=2.0, safe_limit_pct=100.0, sim={"rated_kw": RATED_KW})
     sim = Dnp3PvInverter(cfg, SUN)
     await sim.start()
     physics = asyncio.create_task(_physics(sim))
@@ -79,7 +81,7 @@ async def test_dnp3_active_power_limit_through_bo17_ao88_is_read_back(der: Der) 
     assert await der.dev.write(Setpoint(40.0))
     assert [(w.point, w.raw, w.result, w.purpose) for w in der.writes] == [
         ("AO85", 2, "ok", "setpoint"), ("AO88", 400, "ok", "setpoint"), ("BO17", 1, "ok", "setpoint"),
-        ("BO5", 1, "ok", "connect")]  # the limit first, then energize
+        ("AO17", 0, "ok", "connect"), ("BO5", 1, "ok", "connect")]  # the limit first, then energize
     assert der.sim.limit_enabled and der.sim.limit_raw == 400
     r = await der.read_until(lambda r: abs(r.p_kw - 40.0) < 1.0)
     assert r.limit_pct == pytest.approx(40.0) and r.setpoint_kw == pytest.approx(40.0)  # BI69 + AI149
@@ -88,8 +90,8 @@ async def test_dnp3_active_power_limit_through_bo17_ao88_is_read_back(der: Der) 
 async def test_dnp3_connect_through_bo5(der: Der) -> None:
     await der.read_until(lambda r: True)
     assert await der.dev.write(Setpoint(RATED_KW, connect=False))
-    # cease to energize before anything else
-    assert (der.writes[0].point, der.writes[0].raw) == ("BO5", 0)
+    # cease to energize before anything else (the switch's reversion timeout, 0, just before it)
+    assert [(w.point, w.raw) for w in der.writes[:2]] == [("AO17", 0), ("BO5", 0)]
     await der.read_until(lambda r: r.connected is False and abs(r.p_kw) < 0.5)
     assert not der.sim.switch_closed
     assert await der.dev.write(Setpoint(RATED_KW, connect=True))
@@ -138,6 +140,47 @@ async def test_dnp3_limit_lost_on_the_device_is_written_again(der: Der) -> None:
     der.sim.server.on_binary(BO_LIMIT, False)  # e.g. another master, or the front panel, turns it off
     await der.read_until(lambda r: r.limit_pct == pytest.approx(50.0) and der.sim.limit_enabled)
     assert "reapply" in {w.purpose for w in der.writes}
+
+
+async def test_tdc_20_dnp3_limit_is_kept_when_full_output_would_exceed_the_ldc_share(der: Der) -> None:
+    """AN2018 has no reversion value (at AO85's timeout the limit mode turns off): while the LDC's share
+    (revert_kw) is below full output, AO85 is written as 0, and the device keeps the gateway's last limit
+    when the gateway dies; a change of revert_kw alone writes AO85 alone."""
+    await der.read_until(lambda r: True)
+    assert await der.dev.write(Setpoint(30.0))  # nothing from the LDC: full output is safe (fixture)
+    assert der.sim.reversion_s == 2
+    first = len(der.writes)
+    assert await der.dev.write(Setpoint(30.0, revert_kw=10.0))
+    assert [(w.point, w.raw, w.purpose) for w in der.writes[first:]] == [("AO85", 0, "setpoint")]
+    assert der.sim.reversion_s == 0 and der.sim.limit_enabled  # no timer: the limit holds for good
+    second = len(der.writes)
+    assert await der.dev.write(Setpoint(30.0, revert_kw=RATED_KW))  # a share of full output: the timer
+    assert [(w.point, w.raw) for w in der.writes[second:]] == [("AO85", 2)]
+    assert await der.dev.write(Setpoint(0.0, revert_kw=0.0))  # cease_to_energize
+    await der.dev.close()
+    assert der.sim.reversion_s == 0 and der.sim.limit_enabled and der.sim.limit_raw == 0
+    r = der.sim
+    await asyncio.wait_for(_until(lambda: r.p_kw < 0.5), 10)
+
+
+async def test_dnp3_connect_state_is_refreshed_read_back_and_written_again(der: Der) -> None:
+    await der.read_until(lambda r: True)
+    assert await der.dev.write(Setpoint(30.0, connect=False))
+    assert der.sim.connect_reversion_s == 0  # AO17 0: the open switch stays open when the gateway dies
+    started = time.monotonic()
+    while time.monotonic() - started < 2.0:  # longer than a refresh (0.4 × the 2 s timeout)
+        await der.read_until(lambda r: True)
+    assert "refresh" in {w.purpose for w in der.writes if w.point == "BO5"}
+    der.sim.server.on_binary(BO_CONNECT, True)  # another master, or the front panel, closes it
+    await der.read_until(lambda r: r.connected is False and not der.sim.switch_closed)
+    assert [w.raw for w in der.writes if w.point == "BO5" and w.purpose == "reapply"][-1:] == [0]
+
+
+async def test_dnp3_simulator_switch_goes_back_closed_at_its_reversion_timeout(der: Der) -> None:
+    der.sim.server.on_analog(AO_CONNECT_REVERSION, 1)
+    der.sim.server.on_binary(BO_CONNECT, False)
+    assert not der.sim.switch_closed
+    await asyncio.wait_for(_until(lambda: der.sim.switch_closed), 5)
 
 
 async def _until(pred: Callable[[], bool]) -> None:

@@ -49,13 +49,15 @@ async def test_vendor_inverter_is_limited_and_read_back(line, field_site, free_p
 
     assert await hw1.write(Setpoint(p_kw=40.0))
     # 40125, I16, gain 10: 40.0 % is written as 400; then the schedule validity (42019, U32) in
-    # seconds; and the first command also says "start" (40200), once the limit is in place
+    # seconds, 0 = for good: when it runs out the inverter drops the derating (full output), above its
+    # safe limit (the site file's default 0 %), so the inverter keeps this one when the gateway dies; and
+    # the first command also says "start" (40200), once the limit is in place
     assert [(w.point, w.address, w.raw, w.purpose) for w in site.writes] == [
         ("huawei_sun2000.derating_pct", 40125, 400, "setpoint"),
-        ("huawei_sun2000.schedule_valid_s", 42019, 20, "setpoint"),
+        ("huawei_sun2000.schedule_valid_s", 42019, 0, "setpoint"),
         ("huawei_sun2000.startup", 40200, 0, "connect"),
     ]
-    assert words(sim, 40125, 1) == [400] and words(sim, 42019, 2) == [0, 20]
+    assert words(sim, 40125, 1) == [400] and words(sim, 42019, 2) == [0, 0]
     await wait_until("the inverter applies 40 %", lambda: sim.active_limit_pct == pytest.approx(40.0))
     r = await reading_of(hw1, "output at the limit", lambda r: r.p_kw == pytest.approx(40.0, abs=0.5))
     assert r.limit_pct == pytest.approx(40.0) and r.setpoint_kw == pytest.approx(40.0)
@@ -77,9 +79,10 @@ async def test_vendor_inverter_is_limited_and_read_back(line, field_site, free_p
 async def test_vendor_inverter_drops_the_limit_when_the_gateway_stops_refreshing(
     field_site, free_port
 ) -> None:
+    # safe_limit_pct 100: full output, what the inverter drops to, is safe here, so the validity is written
     site = await field_site([
         {"id": "hw1", "kind": "pv", "protocol": "modbus", "profile": "huawei_sun2000", "port": free_port(),
-         "reversion_timeout_s": 2.0},
+         "reversion_timeout_s": 2.0, "safe_limit_pct": 100.0},
         {"id": "meter", "kind": "meter", "port": free_port()},
     ])
     hw1, sim = site.devices["hw1"], site.sim.devices["hw1"]

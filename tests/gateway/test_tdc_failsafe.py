@@ -13,8 +13,9 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import tomli_w
@@ -222,14 +223,113 @@ async def test_tdc_20_killed_gateway_leaves_each_device_reverting_on_its_own_tim
     finally:
         gw.stop()
 
+    # pv1 reverts to the lower of its safe limit (20 %) and its share of the LDC's 100 kW envelope (by
+    # rating: 100 × 250 / 630 kW = 39.7 kW, 15.87 % of 250 kW): the share
+    revert_pct = min(20.0, _share_kw(rig, 100.0, "pv1") / 250.0 * 100)
+    assert revert_pct < 20.0
+
     async def reverted() -> None:
-        while not (pv1.active_limit_pct == pytest.approx(20.0) and abs(bess1.p_kw) < 1.0):
+        while not (pv1.active_limit_pct == pytest.approx(revert_pct, abs=0.01) and abs(bess1.p_kw) < 1.0):
             await asyncio.sleep(0.1)
 
     await asyncio.wait_for(reverted(), 15)
     # the legacy (123) inverter has no reversion value: it keeps the gateway's last limit rather than
     # reverting to full output
     assert pv2.active_limit_pct == pytest.approx(pv2_limit, abs=1.0)
+
+
+def _share_kw(rig: Rig, limit_kw: float, device_id: str) -> float:
+    """A device's share of an LDC limit, by rating, as the core computes what it reverts to."""
+    rated = {d.id: d.sim.rated_kw for d in rig.site.devices if d.kind != "meter"}
+    return limit_kw * rated[device_id] / sum(rated.values())
+
+
+def _timers_run_out(rig: Rig, device_ids: tuple[str, ...]) -> bool:
+    """No reversion timer of these SunSpec simulators is running any more (each ran out, or none was set)."""
+    return all(r.deadline is None for i in device_ids for r in rig.sim.devices[i].reversions)
+
+
+async def _stays(rig: Rig, check: Callable[[dict[str, Any]], str | None], seconds: float) -> None:
+    """`check(devices)` (None = fine, else what is wrong) holds at every look for `seconds`."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while loop.time() < end:
+        wrong = check(rig.sim.devices)
+        assert wrong is None, wrong
+        await asyncio.sleep(0.1)
+
+
+@contextlib.asynccontextmanager
+async def gateway_process(rig: Rig, tmp_path: Path) -> AsyncIterator[GatewayProcess]:
+    """`der-gateway run` started and online; stopped on the way out if the test has not killed it."""
+    gw = GatewayProcess(rig, tmp_path)
+    gw.start()
+    try:
+        await rig.wait_status(lambda s: s["state"] == "online", timeout=30)
+        yield gw
+    finally:
+        gw.stop()
+
+
+FAST_REVERSION = {dev: {"reversion_timeout_s": 3.0} for dev in ("pv1", "pv2", "bess1", "pv3")}
+
+
+async def test_tdc_20_killed_during_cease_to_energize_every_device_stays_at_0(
+    make_rig, tmp_path: Path
+) -> None:
+    """A gateway that dies during a protection trip must not let the inverters back on: each device of the
+    example site (1547 PV, legacy PV, battery, DNP3 PV) is at 0 kW after its reversion timer, and stays."""
+    rig: Rig = await make_rig(gateway=False, devices=FAST_REVERSION)
+    async with gateway_process(rig, tmp_path) as gw:
+        mark = await rig.send("ieso", "dispatch", "d-20c", **dispatch(150.0))
+        await rig.wait_meter(lambda p: abs(p - 150.0) <= TOL)
+        await rig.send("ldc", "override", "o-20c", action="cease_to_energize", reason="protection", start=0)
+        await rig.response("o-20c", "started", start=mark)
+        load = rig.site.simulator.load_kw
+        await rig.wait_meter(lambda p: abs(p + load) <= TOL)
+        gw.kill()
+    # the 1547 PV and the battery revert on their timers, to 0; the legacy and DNP3 PVs have no reversion
+    # value, and were written with no timeout: they keep their 0 % limit
+    await asyncio.wait_for(_until(lambda: _timers_run_out(rig, ("pv1", "bess1", "pv2"))), 15)
+    assert rig.sim.devices["pv3"].reversion_s == 0  # type: ignore[union-attr]
+    assert rig.sim.devices["pv1"].active_limit_pct == pytest.approx(0.0)
+
+    def at_zero(devices: dict[str, Any]) -> str | None:
+        moving = {i: devices[i].p_kw for i in ("pv1", "pv2", "bess1", "pv3") if abs(devices[i].p_kw) >= 1.0}
+        return f"back on after the gateway died: {moving}" if moving else None
+
+    await _stays(rig, at_zero, 3.0)  # a reverted limit would have shown within its 1 s response time
+    assert abs(rig.sim.meter_p_kw + load) <= TOL
+
+
+async def test_tdc_20_killed_under_a_tight_envelope_the_1547_pv_reverts_to_its_share(
+    make_rig, tmp_path: Path
+) -> None:
+    """Under a 30 kW export envelope the 1547 PV reverts to its share of it (30 × 250 / 630 kW = 11.9 kW,
+    4.76 %), not to the site file's safe_limit_pct (20 %, 50 kW)."""
+    rig: Rig = await make_rig(gateway=False, devices=FAST_REVERSION)
+    async with gateway_process(rig, tmp_path) as gw:
+        mark = await rig.send("ldc", "envelope", "e-20t", **envelope(30.0))
+        await rig.response("e-20t", "started", start=mark)
+        await rig.wait_meter(lambda p: 30.0 - 3 * TOL <= p <= 30.0)
+        pv2 = rig.sim.devices["pv2"]
+        pv2_limit = pv2.active_limit_pct
+        gw.kill()
+    share_kw = _share_kw(rig, 30.0, "pv1")
+    pv1 = rig.sim.devices["pv1"]
+    await asyncio.wait_for(_until(lambda: _timers_run_out(rig, ("pv1", "bess1"))), 15)
+    assert pv1.active_limit_pct == pytest.approx(share_kw / 250.0 * 100, abs=0.01)
+    bess1 = rig.sim.devices["bess1"]
+    await asyncio.wait_for(_until(lambda: abs(pv1.p_kw - share_kw) <= 0.5 and abs(bess1.p_kw) < 1.0), 10)
+    # the legacy (123) and DNP3 PVs keep the gateway's last limit (the README says so of maps without a
+    # reversion value): no timer runs on them
+    assert _timers_run_out(rig, ("pv2",)) and pv2.active_limit_pct == pytest.approx(pv2_limit, abs=1.0)
+    assert rig.sim.devices["pv3"].reversion_s == 0  # type: ignore[union-attr]
+
+
+async def _until(pred: Callable[[], bool]) -> None:
+    while not pred():
+        await asyncio.sleep(0.1)
 
 
 async def test_tdc_21_broker_outage_telemetry_is_kept_and_replayed_in_order(tmp_path: Path) -> None:

@@ -66,11 +66,13 @@ async def test_legacy_pv_limit_goes_to_123(run_site) -> None:
 
     ctl = (await reference_read(cfg.port))[123]
     assert ctl["WMaxLimPct"] == pytest.approx(40.0)
-    # 123 would revert to "no limit": the timer is 0, so the inverter keeps the gateway's last limit
+    # 123 would revert to "no limit": the timer is 0, so the inverter keeps the gateway's last limit;
+    # Conn would go back to CONNECT: its timer is 0 too
     assert ctl["WMaxLimPct_RvrtTms"] == 0
     assert ctl["WMaxLim_Ena"] == 1
+    assert ctl["Conn_RvrtTms"] == 0 and ctl["Conn"] == 1
     assert {w.point for w in site.writes_to("pv2")} == {
-        "123.WMaxLimPct", "123.WMaxLimPct_RvrtTms", "123.WMaxLim_Ena", "123.Conn",
+        "123.WMaxLimPct", "123.WMaxLimPct_RvrtTms", "123.WMaxLim_Ena", "123.Conn_RvrtTms", "123.Conn",
     }
     await wait_until("pv2 output down to its limit", lambda: sim_pv2.p_kw == pytest.approx(60.0, abs=0.5))
 
@@ -105,8 +107,10 @@ async def test_disconnect_and_connect(run_site, device_id: str, point: str, off:
     assert await dev.write(Setpoint(p_kw=p_kw, connect=False))
     await wait_until(f"{device_id} ceases to energize", lambda: not sim_dev.connected and sim_dev.p_kw == 0)
     await reading_of(dev, "disconnected read back", lambda r: r.connected is False)
-    # Disconnect goes first, before the power command.
-    assert site.writes_to(device_id)[0].point == point and site.writes_to(device_id)[0].raw == off
+    # Disconnect goes first (its reversion timer, if any, just before it), before the power command.
+    writes = site.writes_to(device_id)
+    first_power = next(i for i, w in enumerate(writes) if w.purpose != "connect")
+    assert (writes[first_power - 1].point, writes[first_power - 1].raw) == (point, off)
 
     assert await dev.write(Setpoint(p_kw=p_kw, connect=True))
     assert site.writes_to(device_id, point)[-1].raw == on
