@@ -247,8 +247,11 @@ class Device(ABC):
         self._command = Setpoint(float(cmd.p_kw), bool(cmd.connect), revert)
         if not self._online:
             return False
+        # the core asks for a command to be written again in full when the device does not follow it
+        # (gateway/core/following.py); any other object standing for a command has no such wish
+        resend = getattr(cmd, "resend", False) is True
         try:
-            await self._write()
+            await (self._reapply() if resend else self._write())
         except DeviceError as err:
             self._failed(err, offline=isinstance(err, DeviceOffline))
             return False
@@ -279,6 +282,10 @@ class Device(ABC):
     @abstractmethod
     async def _write(self) -> None:
         """Apply `self._command` now, writing only what changed."""
+
+    @abstractmethod
+    async def _reapply(self) -> None:
+        """Write `self._command` again in full (purpose `reapply` in the audit log)."""
 
     @abstractmethod
     async def _keep_alive(self) -> None:
