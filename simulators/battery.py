@@ -8,6 +8,8 @@ Controls, read from the register map every step:
 - 702 `WChaRteMax`/`WDisChaRteMax` cap charge and discharge;
 - 802 `SetOp` CONNECT/DISCONNECT (disconnected: 0 W, re-entry after the enter-service delay and ramp).
 
+Stuck (fault): the controls last read stay in force, whatever the map says after.
+
 OpenDER integrates the SoC from the power (`capacity_kwh`), stops discharging at `soc_min_pct` and
 charging at `soc_max_pct`, and ramps the demand over `response_time_s` (full scale).
 """
@@ -68,6 +70,7 @@ class Battery(PhysicsOutputs, SunSpecDevice):
         )
         self._wh_out = 0.0
         self._wh_in = 0.0
+        self._controls = self._read_controls()
         self._demand_kw = 0.0
         self._limit_pct: float | None = None
         self.step(time.monotonic())  # publish the first measurements before anyone can read
@@ -117,9 +120,14 @@ class Battery(PhysicsOutputs, SunSpecDevice):
             limit = (m.eng(704, "WMaxLimPct") or 0.0) * wmax_kw / self.rated_kw
         return demand, limit, m.get(802, "SetOp") != SET_OP_DISCONNECT
 
+    def _hold_controls(self) -> None:
+        self._controls = self._read_controls()
+
     def step(self, now: float) -> None:
         super().step(now)
-        self._demand_kw, self._limit_pct, permit = self._read_controls()
+        if not self.stuck:
+            self._hold_controls()
+        self._demand_kw, self._limit_pct, permit = self._controls
         ph = self.physics
         ph.set_demand_kw(self._demand_kw)
         ph.set_limit(None if self._limit_pct is None else self._limit_pct / 100.0)

@@ -7,6 +7,7 @@ One JSON object per line each way; every request gets exactly one reply line, in
     {"cmd": "fault", "device": "pv1", "mode": "silent"} → {"ok": true}
         modes: none | silent | exception (+ "code", default 4) | slow (+ "delay_s", default 2)
                | reboot (+ "duration_s", default 3)
+               | stuck (answers, takes writes, output does not follow them; not the meter)
     {"cmd": "irradiance", "pu": 0.5}                    → {"ok": true}
     {"cmd": "load", "kw": 100}                          → {"ok": true}
     anything wrong                                      → {"ok": false, "error": "..."}

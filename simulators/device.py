@@ -11,7 +11,8 @@ from typing import Any, ClassVar
 
 from gateway.config import DeviceConfig
 from gateway.south.sunspec_models import Value
-from simulators.modbus_server import FaultMode, ModbusEndpoint
+from simulators.faults import BehaviourMode, check_mode
+from simulators.modbus_server import FAULT_MODES, FaultMode, ModbusEndpoint
 from simulators.sunspec_map import SunSpecMap, map_quirks
 
 # Models whose writable points a reboot puts back to their power-on values: the controller's limits,
@@ -107,6 +108,8 @@ class SunSpecDevice:
     """
 
     kind: ClassVar[str]
+    # the comms faults of its endpoint, and what the device itself can do wrong (`simulators.faults`)
+    fault_modes: ClassVar[tuple[str, ...]] = (*FAULT_MODES, "stuck")
 
     def __init__(
         self,
@@ -123,6 +126,7 @@ class SunSpecDevice:
             key: self.map.get(*key) for key in self.map.writable_points() if key[0] in VOLATILE_MODELS
         }
         self._endpoint: ModbusEndpoint | None = None
+        self._behaviour: BehaviourMode = "none"
         self._started = time.monotonic()
 
     # --- RegisterBank (served by the endpoint) ------------------------------------------------------
@@ -154,13 +158,20 @@ class SunSpecDevice:
         self._endpoint = endpoint
 
     @property
-    def fault(self) -> FaultMode:
+    def fault(self) -> FaultMode | BehaviourMode:
+        if self._behaviour != "none":
+            return self._behaviour
         return "none" if self._endpoint is None else self._endpoint.fault_mode(self.cfg.unit_id)
+
+    @property
+    def stuck(self) -> bool:
+        """The output does not follow the controls written since the fault was set."""
+        return self._behaviour == "stuck"
 
     def set_fault(
         self, mode: str, *, code: int = 4, delay_s: float = 2.0, duration_s: float = 3.0
     ) -> None:
-        """Make the device misbehave on Modbus (or stop misbehaving with mode 'none').
+        """Make the device misbehave (or stop misbehaving with mode 'none'); one fault at a time.
 
         silent: connections are accepted, requests never answered. exception: every request is
         answered with exception `code`. slow: every answer comes `delay_s` late. reboot: every
@@ -168,11 +179,23 @@ class SunSpecDevice:
         refuses connections for `duration_s`, this device's volatile registers (limits, setpoints,
         commands) return to their power-on values and its pending reversions are cancelled; then it
         serves again, fault-free. Physics keeps running throughout: only the comms reboot.
+        stuck (not the meter): answers and accepts writes, but the output keeps following the controls
+        in force when the fault was set (`simulators.faults`).
         """
         if self._endpoint is None:
             raise RuntimeError(f"{self.id} is not being served")
+        check_mode(mode, self.fault_modes, f"a simulated {self.kind}")
+        if mode == "stuck":
+            self._endpoint.inject(self.cfg.unit_id, "none")
+            self._hold_controls()
+            self._behaviour = "stuck"
+            return
         self._endpoint.inject(self.cfg.unit_id, mode, code=code, delay_s=delay_s, duration_s=duration_s,
                               on_reboot=self.reset_volatile)
+        self._behaviour = "none"
+
+    def _hold_controls(self) -> None:
+        """Take the controls in force now from the map: a stuck device's physics keeps them."""
 
     def reset_volatile(self) -> None:
         for (mid, name), raw in self._power_on.items():

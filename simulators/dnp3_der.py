@@ -13,8 +13,10 @@ Points (indices and default event classes from shared/reference/an2018/; value =
   BO17  AP limit mode: ON = the output is capped at AO88
 Reversion (AN2018: a timeout per mode, no reversion value): when AO85 seconds pass without a write to
 AO85, AO88 or BO17, the limit mode turns off (full output); when AO17 seconds pass without a write to
-AO17 or BO5, the switch goes back to its default, closed. A reboot (fault "reboot") drops the link and
-resets these volatile settings to their power-on values: limit off at 100 %, no reversion, switch closed.
+AO17 or BO5, the switch goes back to its default, closed. A stuck device (fault "stuck") takes commands
+and reads them back, but its output keeps the limit and switch it had. A reboot (fault "reboot") drops
+the link and resets these volatile settings to their power-on values: limit off at 100 %, no reversion,
+switch closed.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 from gateway.config import DeviceConfig
 from simulators.der_models import ES_DELAY_S, ES_RAMP_S
 from simulators.dnp3_stack import OutstationServer, PointSpec
+from simulators.faults import check_mode
 from simulators.physics import F_NOM, V_NOM_LL, InverterPhysics, PhysicsOutputs
 
 AI_RATED, AI_V_REF, AI_AVAILABLE, AI_CONNECT_REVERSION, AI_REVERSION, AI_LIMIT = 4, 29, 43, 61, 145, 149
@@ -42,7 +45,7 @@ POINTS = PointSpec(
     analog_outputs={AO_CONNECT_REVERSION: (0, 2**31 - 1), AO_REVERSION: (0, 2**31 - 1), AO_LIMIT: (0, 1000)},
 )
 FULL = 1000  # AO88 at power-on: 100.0 %
-FAULT_MODES = ("none", "silent", "reboot")
+FAULT_MODES = ("none", "silent", "reboot", "stuck")
 
 
 def _deadline(timeout_s: float) -> float | None:
@@ -64,6 +67,8 @@ class Dnp3PvInverter(PhysicsOutputs):
                                        on_binary=self._on_binary, on_analog=self._on_analog)
         self.writes_at: deque[float] = deque(maxlen=16)  # when a command last arrived (wall clock)
         self._reboot: asyncio.Task[None] | None = None
+        # stuck: the (limit enabled, AO88 raw, switch closed) in force when the fault was set
+        self._held: tuple[bool, float, bool] | None = None
         self._reset_volatile()
         self.step(time.monotonic())  # publish the first measurements before anyone can read
 
@@ -110,12 +115,18 @@ class Dnp3PvInverter(PhysicsOutputs):
             self.limit_enabled, self._deadline = False, None
         if self._connect_deadline is not None and now >= self._connect_deadline:
             self.switch_closed, self._connect_deadline = True, None  # back to its default
+        enabled, raw, closed = self._controls()
         ph = self.physics
         ph.set_available_kw(self.irradiance_pu * self.rated_kw)
-        ph.set_limit(self.limit_raw / FULL if self.limit_enabled else None)
-        ph.set_permit_service(self.switch_closed)
+        ph.set_limit(raw / FULL if enabled else None)
+        ph.set_permit_service(closed)
         ph.step()
         self._publish()
+
+    def _controls(self) -> tuple[bool, float, bool]:
+        """(limit enabled, AO88 raw, switch closed) the physics follows: as commanded, or as held by a
+        stuck fault."""
+        return self._held or (self.limit_enabled, self.limit_raw, self.switch_closed)
 
     def _publish(self) -> None:
         s = self.server
@@ -152,15 +163,17 @@ class Dnp3PvInverter(PhysicsOutputs):
     def fault(self) -> str:
         if self._reboot is not None and not self._reboot.done():
             return "reboot"
-        return "silent" if self.server.silent else "none"
+        return "stuck" if self._held is not None else "silent" if self.server.silent else "none"
 
     def set_fault(self, mode: str, *, duration_s: float = 3.0, **_ignored: float) -> None:
         """silent: requests are read and never answered. reboot: the link drops, the port refuses
         connections for `duration_s`, the volatile settings return to their power-on values, then it
-        serves again. none: back to normal. Physics keeps running throughout."""
-        if mode not in FAULT_MODES:
-            raise ValueError(f"unknown fault mode {mode!r} for a DNP3 device: {', '.join(FAULT_MODES)}")
+        serves again. stuck: answers and takes commands (read back as given), but the output keeps
+        the limit and switch in force when the fault was set (`simulators.faults`). none: back to
+        normal. One fault at a time; physics keeps running throughout."""
+        check_mode(mode, FAULT_MODES, "a DNP3 device")
         self.server.silent = mode == "silent"
+        self._held = self._controls() if mode == "stuck" else None
         if mode == "reboot":
             self._reset_volatile()
             self._reboot = asyncio.get_running_loop().create_task(self.server.restart(duration_s))
@@ -173,7 +186,8 @@ class Dnp3PvInverter(PhysicsOutputs):
 
     @property
     def active_limit_pct(self) -> float | None:
-        return self.limit_raw / 10 if self.limit_enabled else None
+        enabled, raw, _ = self._controls()
+        return raw / 10 if enabled else None
 
     def state(self) -> dict[str, Any]:
         return {

@@ -10,6 +10,7 @@ Controls, read from the register map every step:
   (for PV a fixed-W setpoint caps the output); 703 `ES` (permit service) and 715 `OpCtl` STOP/START
   (and ENTER/EXIT_STANDBY) both gate output; 703 `ESDlyTms`/`ESRmpTms`/`ESRndTms` set the re-entry.
 - legacy: 123 `WMaxLim_Ena`+`WMaxLimPct` (% of 121 `WMax`) and 123 `Conn`.
+Stuck (fault): the controls last read stay in force, whatever the map says after.
 Reversion: 704 `WMaxLimPctRvrtTms` and `WSetRvrtTms` (back to the `*Rvrt` values, `*RvrtRem` counting
 down); 123 `WMaxLimPct_RvrtTms` (limit disabled) and `Conn_RvrtTms` (back to connected).
 """
@@ -208,12 +209,15 @@ class PvInverter(PhysicsOutputs, SunSpecDevice):
         cap = None if not caps else max(0.0, min(caps))
         return Controls(cap, sources, permit, es_delay, es_ramp)
 
+    def _hold_controls(self) -> None:
+        self._controls, self._controls_version = self.read_controls(), self.map.controls_version
+
     # --- physics ------------------------------------------------------------------------------------
 
     def step(self, now: float) -> None:
         super().step(now)
-        if self._controls_version != self.map.controls_version:
-            self._controls, self._controls_version = self.read_controls(), self.map.controls_version
+        if self._controls_version != self.map.controls_version and not self.stuck:
+            self._hold_controls()
         ctl = self._controls
         ph = self.physics
         ph.set_available_kw(self.irradiance_pu * self.rated_kw)

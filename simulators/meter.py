@@ -17,6 +17,7 @@ import time
 from gateway.config import DeviceConfig
 from simulators.der_models import HZ_SF, V_NOM_LN, V_SF
 from simulators.device import SunSpecDevice, common_model, put_balanced
+from simulators.modbus_server import FAULT_MODES
 from simulators.physics import F_NOM, STEP_S, V_NOM_LL
 from simulators.sunspec_map import sf_for
 
@@ -26,6 +27,7 @@ PHASES = ("phA", "phB", "phC")
 
 class PccMeter(SunSpecDevice):
     kind = "meter"
+    fault_modes = FAULT_MODES  # it takes no commands: nothing to be stuck in
 
     def __init__(self, cfg: DeviceConfig, max_kw: float) -> None:
         """`max_kw`: the largest |power| the site can see at the PCC; it sets the scale factors."""

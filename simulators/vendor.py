@@ -37,7 +37,8 @@ from gateway.south.vendor_profile import (
 )
 from simulators.der_models import ES_DELAY_S, ES_RAMP_S, V_NOM_LN
 from simulators.device import device_state
-from simulators.modbus_server import BankError, FaultMode, ModbusEndpoint
+from simulators.faults import BehaviourMode, check_mode
+from simulators.modbus_server import FAULT_MODES, BankError, FaultMode, ModbusEndpoint
 from simulators.physics import F_NOM, BatteryPhysics, InverterPhysics, LightInverterPhysics
 
 # What a register with a unit can hold at most, to choose the exponent of a scale register.
@@ -144,6 +145,9 @@ class VendorDevice:
         self.q_kvar = 0.0
         self._permit = True
         self._deadline: float | None = None  # when the power command reverts
+        self._behaviour: BehaviourMode = "none"
+        # stuck: the (W command, permit) in force when the fault was set, which the physics keeps
+        self._held: tuple[float | None, bool] | None = None
         if self.profile.power is not None:  # powered on: no limit (PV), idle (battery), nothing enabled
             pc = self.profile.power
             no_limit = 100.0 if pc.unit == "pct_of_rated" else self.rated_kw * 1000.0
@@ -211,15 +215,29 @@ class VendorDevice:
         self._endpoint = endpoint
 
     @property
-    def fault(self) -> FaultMode:
+    def fault_modes(self) -> tuple[str, ...]:
+        """The endpoint's comms faults, and `stuck` for a device that takes commands."""
+        return FAULT_MODES if self.profile.power is None else (*FAULT_MODES, "stuck")
+
+    @property
+    def fault(self) -> FaultMode | BehaviourMode:
+        if self._behaviour != "none":
+            return self._behaviour
         return "none" if self._endpoint is None else self._endpoint.fault_mode(self.cfg.unit_id)
 
     def set_fault(self, mode: str, *, code: int = 4, delay_s: float = 2.0, duration_s: float = 3.0) -> None:
         """As `simulators.device.SunSpecDevice.set_fault`; a reboot forgets the commands written."""
         if self._endpoint is None:
             raise RuntimeError(f"{self.id} is not being served")
+        check_mode(mode, self.fault_modes, f"a simulated {self.kind} (profile {self.cfg.profile!r})")
+        if mode == "stuck":
+            self._endpoint.inject(self.cfg.unit_id, "none")
+            self._held = (self._command_w(), self._permit)
+            self._behaviour = "stuck"
+            return
         self._endpoint.inject(self.cfg.unit_id, mode, code=code, delay_s=delay_s, duration_s=duration_s,
                               on_reboot=self.reset_volatile)
+        self._behaviour, self._held = "none", None
 
     def reset_volatile(self) -> None:
         for name, raw in self._power_on.items():
@@ -239,18 +257,22 @@ class VendorDevice:
             self.regs.put_raw(pc.reg, self._power_on[pc.reg])  # the command lapses
             self._deadline = None
         ph = self._physics
+        command_w, permit = self._controls()
         if isinstance(ph, BatteryPhysics):
-            command_w = self._command_w()
             ph.set_demand_kw(0.0 if command_w is None else self.profile.sign * command_w / 1000)
         elif ph is not None:
-            limit = self.active_limit_pct
+            limit = self._limit_pct(command_w)
             ph.set_available_kw(self.irradiance_pu * self.rated_kw)
             ph.set_limit(None if limit is None else limit / 100.0)
         if ph is not None:
-            ph.set_permit_service(self._permit)
+            ph.set_permit_service(permit)
             ph.step()
             self.p_kw, self.q_kvar = ph.p_kw, ph.q_kvar
         self._publish_all()
+
+    def _controls(self) -> tuple[float | None, bool]:
+        """(W command, permit service) the physics follows: as written, or as held by a stuck fault."""
+        return self._held if self._held is not None else (self._command_w(), self._permit)
 
     def _command_w(self) -> float | None:
         """The W command in force (device sign), or None when none is enabled."""
@@ -296,9 +318,9 @@ class VendorDevice:
     @property
     def active_limit_pct(self) -> float | None:
         """PV: the active power limit in force, % of the rating; None when there is none."""
-        if self.kind != "pv":
-            return None
-        w = self._command_w()
+        return self._limit_pct(self._controls()[0]) if self.kind == "pv" else None
+
+    def _limit_pct(self, w: float | None) -> float | None:
         if w is None:
             return None
         pct = 100.0 * w / (self.rated_kw * 1000.0)

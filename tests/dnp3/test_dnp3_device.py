@@ -15,7 +15,7 @@ import pytest_asyncio
 from gateway.config import DeviceConfig
 from gateway.south.device import DeviceOffline, Reading, Setpoint, WriteRecord
 from gateway.south.dnp3_device import Dnp3Device
-from simulators.dnp3_der import AO_CONNECT_REVERSION, BO_CONNECT, BO_LIMIT, Dnp3PvInverter
+from simulators.dnp3_der import AO_CONNECT_REVERSION, AO_LIMIT, BO_CONNECT, BO_LIMIT, Dnp3PvInverter
 from simulators.physics import STEP_S
 
 pytestmark = pytest.mark.asyncio
@@ -195,3 +195,34 @@ async def _until_offline(der: Der, timeout: float = 10.0) -> None:
 
     await asyncio.wait_for(go(), timeout)
 
+
+
+async def test_dnp3_stuck_device_reads_the_limit_back_but_keeps_its_output(der: Der) -> None:
+    # the witness: the same inverter, not stuck, given the same limits (it is never served)
+    witness = Dnp3PvInverter(der.sim.cfg, SUN)
+    stepping = asyncio.create_task(_physics(witness))
+    try:
+        await der.read_until(lambda r: True)
+        assert await der.dev.write(Setpoint(40.0))
+        witness.server.on_binary(BO_LIMIT, True)
+        witness.server.on_analog(AO_LIMIT, 400)
+        await der.read_until(lambda r: abs(r.p_kw - 40.0) < 1.0)
+        der.sim.set_fault("stuck")
+        assert der.sim.fault == "stuck"
+        assert await der.dev.write(Setpoint(10.0))
+        witness.server.on_analog(AO_LIMIT, 100)
+        # the command is taken and read back (AI149); the output keeps the 40 % it had
+        await der.read_until(lambda r: r.limit_pct == pytest.approx(10.0))
+        assert der.sim.limit_raw == 100 and der.sim.active_limit_pct == pytest.approx(40.0)
+        seen = []
+
+        def witness_followed() -> bool:
+            seen.append(der.sim.p_kw)
+            return abs(witness.p_kw - 10.0) < 1.0
+
+        await asyncio.wait_for(_until(witness_followed), 10)
+        assert min(seen) == pytest.approx(40.0, abs=1.0), "the stuck inverter followed the new limit"
+        der.sim.set_fault("none")
+        await der.read_until(lambda r: abs(r.p_kw - 10.0) < 1.0)
+    finally:
+        stepping.cancel()

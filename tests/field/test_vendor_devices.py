@@ -239,3 +239,31 @@ async def test_every_shipped_profile_simulates_and_reads(name: str, free_port) -
         await dev.close()
         await pool.close()
         await endpoint.stop()
+
+
+async def test_stuck_vendor_inverter_reads_the_new_limit_back_but_keeps_its_output(
+    field_site, free_port
+) -> None:
+    huawei = {"kind": "pv", "protocol": "modbus", "profile": "huawei_sun2000", "sim": {"rated_kw": 100.0}}
+    site = await field_site([
+        {"id": "hw1", "port": free_port(), **huawei},
+        {"id": "hw2", "port": free_port(), **huawei},  # the witness: follows the same commands
+        {"id": "meter", "kind": "meter", "protocol": "modbus", "profile": "eastron_sdm630",
+         "port": free_port()},
+    ])
+    (hw1, hw2), sim1 = (site.devices["hw1"], site.devices["hw2"]), site.sim.devices["hw1"]
+    for dev in (hw1, hw2):
+        assert await dev.write(Setpoint(p_kw=40.0))
+    await reading_of(hw1, "limited to 40 kW", lambda r: r.p_kw == pytest.approx(40.0, abs=0.5))
+    sim1.set_fault("stuck")
+    assert sim1.fault == "stuck"
+    for dev in (hw1, hw2):
+        assert await dev.write(Setpoint(p_kw=10.0))
+    await reading_of(hw2, "the witness at 10 kW", lambda r: r.p_kw == pytest.approx(10.0, abs=0.5))
+    r = await hw1.read()
+    assert r is not None and r.limit_pct == pytest.approx(10.0), "the write reads back as written"
+    assert r.p_kw == pytest.approx(40.0, abs=0.5), "the stuck inverter followed the new limit"
+    with pytest.raises(ValueError, match="unknown fault mode 'stuck' for a simulated meter"):
+        site.sim.meter.set_fault("stuck")  # it takes no commands
+    sim1.set_fault("none")
+    await reading_of(hw1, "following again", lambda r: r.p_kw == pytest.approx(10.0, abs=0.5))

@@ -15,7 +15,7 @@ from pymodbus.exceptions import ModbusIOException
 from gateway.config import DeviceConfig
 from simulators.control import ControlClient, ControlError
 from simulators.site import SiteSimulator
-from tests.simulators.util import eventually
+from tests.simulators.util import SunSpecReader, eventually
 
 pytestmark = pytest.mark.asyncio
 
@@ -143,3 +143,65 @@ async def test_control_socket_drives_faults_sun_and_load(start_site) -> None:
         await ctl.fault("pv1", "reboot", duration_s=0.5)
         assert sim.devices["pv1"].fault == "reboot"
         await eventually(lambda: sim.devices["pv1"].fault == "none", what="reboot over")
+
+
+async def test_stuck_pv_answers_and_reads_back_writes_but_its_output_keeps_the_old_limit(start_site) -> None:
+    sim: SiteSimulator = await start_site()  # sun 0.9: pv1 (250 kW) and pv2 (150 kW) unlimited at 90 %
+    pv1, pv2 = sim.devices["pv1"], sim.devices["pv2"]
+    async with SunSpecReader(pv1.cfg) as r1, SunSpecReader(pv2.cfg) as r2:
+        await r1.write(704, WMaxLimPct=40.0, WMaxLimPctEna=1)
+        await r2.write(123, WMaxLimPct=40.0, WMaxLim_Ena=1)
+        await eventually(lambda: abs(pv1.p_kw - 100.0) < 0.5 and abs(pv2.p_kw - 60.0) < 0.5,
+                         what="both limited to 40 %")
+        pv1.set_fault("stuck")
+        assert pv1.fault == "stuck"
+        await r1.write(704, WMaxLimPct=10.0)
+        await r2.write(123, WMaxLimPct=10.0)  # the witness: a device that follows the same command
+        assert (await r1.read(704))["WMaxLimPct"] == pytest.approx(10.0)  # the write reads back
+        outputs = []
+
+        def pv2_followed() -> bool:
+            outputs.append(pv1.p_kw)
+            return abs(pv2.p_kw - 15.0) < 0.5
+
+        await eventually(pv2_followed, what="pv2 at its new 10 % limit")
+        assert min(outputs) == pytest.approx(100.0, abs=0.5), "stuck pv1 followed the new limit"
+        assert pv1.active_limit_pct == pytest.approx(40.0)  # the limit the physics keeps
+
+        pv1.set_fault("none")
+        await eventually(lambda: abs(pv1.p_kw - 25.0) < 0.5, what="pv1 follows again once the fault clears")
+
+
+async def test_stuck_battery_keeps_its_setpoint_whatever_is_written(start_site) -> None:
+    # a 1 kWh battery: 50 kW moves its SoC by ~1.4 %/s, so the SoC shows which way it really goes
+    small = {"sim": {"capacity_kwh": 1.0, "initial_soc_pct": 70.0}}
+    sim: SiteSimulator = await start_site(devices={"bess1": small})
+    bess = sim.devices["bess1"]
+    async with SunSpecReader(bess.cfg) as r:
+        await r.write(704, WSetMod=1, WSet=50_000, WSetEna=1)  # discharge 50 kW
+        await eventually(lambda: abs(bess.p_kw - 50.0) < 0.5, what="discharging at 50 kW")
+        bess.set_fault("stuck")
+        await r.write(704, WSet=-50_000)  # charge: not followed
+        assert (await r.read(704))["WSet"] == -50_000
+        soc = bess.soc_pct
+        # a battery following the new setpoint would have turned to charging within its 1 s response
+        await eventually(lambda: bess.soc_pct < soc - 5.0, what="the SoC still falling 3.6 s later")
+        assert bess.p_kw == pytest.approx(50.0, abs=0.5)
+        bess.set_fault("none")
+        await eventually(lambda: abs(bess.p_kw + 50.0) < 0.5, what="charging once the fault clears")
+
+
+async def test_stuck_through_the_control_socket_and_not_for_the_meter(start_site) -> None:
+    sim: SiteSimulator = await start_site()
+    port = sim.site.simulator.control_port
+    assert port is not None
+    async with ControlClient(port) as ctl:
+        await ctl.fault("pv1", "stuck")
+        assert (await ctl.state())["devices"]["pv1"]["fault"] == "stuck"
+        with pytest.raises(ControlError, match="unknown fault mode 'stuck' for a simulated meter"):
+            await ctl.fault("meter", "stuck")
+        assert sim.meter.fault == "none"  # the refused command changed nothing
+        await ctl.fault("pv1", "silent")  # one fault at a time: the new one replaces it
+        assert sim.devices["pv1"].fault == "silent" and not sim.devices["pv1"].stuck
+        await ctl.fault("pv1", "none")
+        assert sim.devices["pv1"].fault == "none"
