@@ -23,7 +23,7 @@ from gateway.clocks import clocks
 from gateway.config import SiteFile
 from gateway.core import report
 from gateway.core.allocation import pcc_at, readings_spread, readings_time
-from gateway.core.engine import Cycle, Engine
+from gateway.core.engine import Cycle, Engine, StatusInfo
 from gateway.core.model import DeviceCommand, DeviceReading, Invalid, Limits, MeterReading, SiteParams
 from gateway.core.model import Inbound as CoreInbound
 from gateway.core.outbound import Outbound, Status, Telemetry
@@ -439,10 +439,12 @@ class Gateway:
         return Status(site_id=self.site.site.id, at=now, state="online" if online else "offline",
                       mode=st.mode, comms=st.comms, active=st.active,
                       devices_online=sum(d.online for d in devices), devices_total=len(devices),
-                      version=__version__, alarms=st.alarms + self._alarms())
+                      version=__version__, alarms=self.alarms(st))
 
-    def _alarms(self) -> tuple[str, ...]:
-        alarms = self.supervisor.alarms()
+    def alarms(self, info: StatusInfo) -> tuple[str, ...]:
+        """What an operator must see: the core's (devices not following, a limit not met, the clock),
+        then the gateway's own (tasks that failed, telemetry lost to a full outbox)."""
+        alarms = info.alarms + self.supervisor.alarms()
         evicted = self.store.outbox.evicted
         if evicted:
             alarms += (f"telemetry outbox full: {evicted} oldest messages dropped "

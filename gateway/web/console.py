@@ -68,8 +68,10 @@ def render(status: dict[str, Any]) -> Group:
     glance.add_row("Comms", links + Text(f"devices {comms['devices']}"))
     name, site_id = status["name"] or status["site_id"], status["site_id"]
     title = f"{name} — site {site_id}, der-gateway {status['version']}"
+    alarms = [Text(f"! {a['text']}", style="bold red") for a in status.get("alarms", [])]
     return Group(
         Panel(glance, title=title, subtitle=f"at {plain(status['at'], 'time')}", title_align="left"),
+        *alarms,
         _table("Instructions", status["instructions"], INSTRUCTION_COLUMNS),
         _table("Devices", status["devices"], DEVICE_COLUMNS),
     )

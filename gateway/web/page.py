@@ -24,6 +24,7 @@ INSTRUCTION_COLUMNS = (
     ("start", "time", "Start"), ("end", "time", "End"), ("state", "badge", "State"),
     ("status", "badge", "Response"), ("reason", "text", "Reason"), ("accepted_kw", "kw", "Accepted"),
 )
+ALARM_COLUMNS = (("text", "text", "What an operator must see"),)
 DEVICE_COLUMNS = (
     ("id", "text", "Device"), ("kind", "text", "Kind"), ("state", "badge", "State"),
     ("p_kw", "kw", "Output"), ("setpoint_kw", "kw", "Setpoint"), ("soc_pct", "pct", "SoC"),
@@ -35,7 +36,8 @@ DEVICE_COLUMNS = (
 TONES = {
     **dict.fromkeys(("ok", "online", "connected", "accepted", "normal", "in force", "started", "completed"),
                     "good"),
-    **dict.fromkeys(("lost", "offline", "disconnected", "rejected", "failsafe", "failed"), "bad"),
+    **dict.fromkeys(("lost", "offline", "disconnected", "rejected", "failsafe", "failed", "not following"),
+                    "bad"),
     **dict.fromkeys(("stale", "constrained", "pending"), "warn"),
     "overridden": "override",
 }
@@ -129,6 +131,7 @@ der-gateway {html.escape(s["version"])} · updated {_field(s, "at", "time")}</sp
 <span class="l-export">export limit</span><span class="l-import">import limit (as −kW)</span>
 <span id="chart-caption"></span></div>
 <canvas id="chart" height="280"></canvas></section>
+<section><h2>Alarms</h2>{_table(s, "alarms", ALARM_COLUMNS, "no alarms")}</section>
 <section><h2>Instructions</h2>{_table(s, "instructions", INSTRUCTION_COLUMNS, "no instructions")}</section>
 <section><h2>Devices</h2>{_table(s, "devices", DEVICE_COLUMNS, "no devices")}</section>
 </main>

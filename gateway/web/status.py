@@ -112,9 +112,12 @@ def _instructions(store: Store, now: datetime, active: tuple[str, ...]) -> list[
 
 def _devices(gw: Gateway) -> list[dict[str, Any]]:
     out = []
+    cycle = gw.snapshot.cycle
+    not_following = cycle.not_following if cycle is not None else frozenset()
     for dev_id, poller in gw.pollers.items():
         dev, r, cmd = poller.device, poller.reading, poller.command
-        state = "offline" if not dev.online else "stale" if dev.stale else "online"
+        state = ("offline" if not dev.online else "stale" if dev.stale
+                 else "not following" if dev_id in not_following else "online")
         out.append({
             "id": dev_id, "kind": dev.kind, "state": state, "online": dev.online, "stale": dev.stale,
             "p_kw": None if r is None else round(r.p_kw, 2),
@@ -157,6 +160,7 @@ def status_view(gw: Gateway, history: History, now: datetime, since: float | Non
         "comms": {"ieso": st.comms["ieso"], "ldc": st.comms["ldc"],
                   "broker": "connected" if gw.link.connected.is_set() else "disconnected",
                   "devices": f"{online}/{len(devices)} online"},
+        "alarms": [{"id": str(i), "state": "alarm", "text": a} for i, a in enumerate(gw.alarms(st))],
         "instructions": _instructions(store, now, st.active),
         "devices": devices,
         "history": None if since is None else history.since(since),

@@ -5,11 +5,16 @@ from __future__ import annotations
 
 import json
 
+import aiohttp
 import pytest
 
+from gateway.config import WebSection
+from simulators.example_site import example_site
+from simulators.mosquitto import Mosquitto, free_port
 from tests.gateway.test_faults import audit
 from tests.gateway.test_tdc_failsafe import Sampler, envelope
 from tests.support.rig import Rig
+from tests.web.util import base_url
 
 pytestmark = pytest.mark.asyncio
 LIMIT = 20.0  # low enough that PV must be curtailed (the battery charging at most 200 kW)
@@ -20,10 +25,20 @@ def device(t: dict, dev_id: str) -> dict:
 
 
 async def test_tdc_08_a_device_stuck_at_full_output_is_found_and_the_others_bring_the_export_under_the_limit(
-        make_rig) -> None:
+        broker: Mosquitto) -> None:
     """pv1 (250 kW, 225 kW of sun) keeps its output whatever it is told. On the base code the meter sat
     above the envelope for as long as it lasted: the stuck inverter was given its share, the others theirs."""
-    rig: Rig = await make_rig(devices={"pv1": {"response_time_s": 3.0}})
+    site = example_site({"pv1": {"response_time_s": 3.0}})
+    site.web = WebSection(enabled=True, port=free_port())
+    rig = Rig(site, broker.url)
+    await rig.start()
+    try:
+        await stuck_device_scenario(rig)
+    finally:
+        await rig.stop()
+
+
+async def stuck_device_scenario(rig: Rig) -> None:
     await rig.wait_meter(lambda p: p > 200.0)  # default mode: PV at what the sun gives
     rig.sim.devices["pv1"].set_fault("stuck")
     mark = await rig.send("ldc", "envelope", "e-stuck", **envelope(LIMIT))
@@ -33,6 +48,10 @@ async def test_tdc_08_a_device_stuck_at_full_output_is_found_and_the_others_brin
     assert device(t, "pv1")["online"] and device(t, "pv1")["p_kw"] > 200.0
     status = await rig.wait_status(lambda s: any("pv1 does not follow" in a for a in s["alarms"]), start=mark)
     assert status["state"] == "online"
+    async with aiohttp.ClientSession() as http, http.get(base_url(rig) + "/api/status") as r:
+        page = await r.json()  # the status page's data
+    assert next(d for d in page["devices"] if d["id"] == "pv1")["state"] == "not following"
+    assert any("pv1 does not follow" in a["text"] for a in page["alarms"])
     sampler = Sampler(rig)
     for _ in range(3):
         await rig.telemetry(start=len(rig.peer.messages))
