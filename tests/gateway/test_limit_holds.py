@@ -68,3 +68,39 @@ async def stuck_device_scenario(rig: Rig) -> None:
     status = await rig.wait_status(lambda s: not any("pv1" in a for a in s["alarms"]), start=mark)
     await rig.wait_meter(lambda p: LIMIT - 15.0 <= p <= LIMIT, timeout=30)
     assert json.dumps(status)  # a status with no alarm for pv1 came
+
+
+async def test_tdc_17_the_ldcs_own_default_envelope_applies_once_the_link_is_lost_and_its_envelopes_end(
+        make_rig) -> None:
+    """The issue's case: an LDC default_envelope of 19.2 kW received, then the LDC silent past
+    comms_timeout_s and its last envelope ended: the LDC's default (not the site file's 50 kW) applies."""
+    rig: Rig = await make_rig(comms_timeout_s=3.0)
+    mark = await rig.send("ldc", "default_envelope", "de-17", export_limit_kw=19.2)
+    await rig.send("ldc", "envelope", "e-17b", **envelope(100.0, end=6))
+    await rig.response("e-17b", "completed", start=mark, timeout=20)
+    t = await rig.telemetry(lambda t: t["effective"]["binding"] == "default_envelope", start=mark)
+    assert t["effective"]["export_limit_kw"] == pytest.approx(19.2)
+    assert t["effective"]["mode"] == "failsafe"
+    await rig.wait_meter(lambda p: p <= 19.2)
+    sampler = Sampler(rig)
+    for _ in range(3):
+        await rig.telemetry(start=len(rig.peer.messages))
+    assert await sampler.stop() <= 19.2 + 0.5
+
+
+async def test_tdc_22_a_silent_devices_share_moves_to_the_others_and_it_comes_back(make_rig) -> None:
+    """pv1 stops answering during a 70 kW dispatch the others can meet: they take its share (whatever pv1
+    then does on its own timer), and it is brought back when it answers again."""
+    rig: Rig = await make_rig(devices={"pv1": {"reversion_timeout_s": 4.0}})
+    mark = await rig.send("ieso", "dispatch", "d-22", product="energy", kind="algorithmic", target_kw=70.0,
+                          start=0, end=300)
+    await rig.response("d-22", "accepted", start=mark)
+    await rig.wait_meter(lambda p: abs(p - 70.0) <= 3.0)
+    rig.sim.devices["pv1"].set_fault("silent")
+    await rig.telemetry(lambda t: device(t, "pv1")["online"] is False, start=len(rig.peer.messages))
+    # pv1 reverts to its safe limit on its own (20 % = 50 kW) after 4 s: the others cover the change
+    await rig.wait_meter(lambda p: rig.sim.devices["pv1"].p_kw < 60.0 and abs(p - 70.0) <= 3.0, timeout=30)
+    rig.sim.devices["pv1"].set_fault("none")
+    await rig.telemetry(lambda t: device(t, "pv1")["online"] and device(t, "pv1")["setpoint_kw"] is not None,
+                        start=len(rig.peer.messages), timeout=45)
+    await rig.wait_meter(lambda p: abs(p - 70.0) <= 3.0)
