@@ -9,9 +9,11 @@ demo: setup
 simulate: setup
 	.venv/bin/der-gateway simulate --site examples/site.toml
 
+# Three processes: the suite mostly waits on sockets and simulated devices, so two cores carry three
+# (free_port gives each process its own band of ports).
 test: setup
 	.venv/bin/ruff check .
-	.venv/bin/python -m pytest -q
+	.venv/bin/python -m pytest -q -n 3
 
 lint: setup
 	.venv/bin/ruff check .

@@ -23,16 +23,34 @@ _CERT_KEYS = ("cafile", "certfile", "keyfile", "crlfile")
 _DROPPED_KEYS = ("persistence", "persistence_location", "log_dest", "log_type", "connection_messages", "user")
 
 
+# Ports handed out come from below the kernel's range for outgoing connections (32768 and up on Linux), so
+# that no client socket is given one between here and the bind, and from a band of their own per process
+# of a parallel test run (pytest-xdist's PYTEST_XDIST_WORKER=gwN), so that no two processes hand out the
+# same port.
+PORT_LOW, PORT_HIGH, PORT_BANDS = 10000, 32000, 8
+
+
+def _band() -> range:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw")
+    n = int(worker) % PORT_BANDS if worker.isdigit() else 0
+    size = (PORT_HIGH - PORT_LOW) // PORT_BANDS
+    return range(PORT_LOW + n * size, PORT_LOW + (n + 1) * size)
+
+
 def free_port(avoid: Collection[int | None] = ()) -> int:
     """A loopback port nobody listens on now, never the same twice in one process, and none of `avoid`
     (ports already given out elsewhere but not bound yet, e.g. those a site file names)."""
-    while True:
+    for port in _band():
+        if port in _handed_out or port in avoid:
+            continue
         with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port not in _handed_out and port not in avoid:
-            _handed_out.add(port)
-            return port
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:  # in use
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free loopback port left in {_band()}")
 
 
 def mosquitto_binary() -> str:
