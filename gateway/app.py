@@ -26,12 +26,13 @@ from gateway.core.engine import Cycle, Engine
 from gateway.core.model import DeviceCommand, DeviceReading, Invalid, Limits, MeterReading, SiteParams
 from gateway.core.model import Inbound as CoreInbound
 from gateway.core.outbound import Outbound, Status, Telemetry
-from gateway.journal import Encoded, Journal
+from gateway.journal import Encoded, Journal, refused
 from gateway.north.mqtt import Inbound, MqttLink
 from gateway.protocol.codec import decode_inbound, encode_outbound
 from gateway.south.device import Device, DeviceError, Reading
 from gateway.south.factory import build_devices
 from gateway.store import Store
+from gateway.store.writer import writer_for
 from gateway.web.server import attach_web
 
 log = logging.getLogger(__name__)
@@ -138,8 +139,8 @@ class Gateway:
             site.mqtt.broker = broker_url
         self.interval_s = site.site.control_interval_s
         self.engine = Engine(site_params(site), utcnow())
-        self.store = Store(site.store.path, site.store.outbox_max_messages)
-        self.journal = Journal(self.store)
+        self.store = Store(site.store.path, site.store.outbox_max_messages)  # reads; writes: the journal's
+        self.journal = Journal(self.store, writer_for(site.store))
         # Before any device is touched: limits, overrides and seen ids as they were (TDC-19).
         self.restored = self.journal.restore(self.engine)
         # Reads that miss this deadline leave their device's last reading in use (it turns stale), and
@@ -167,6 +168,9 @@ class Gateway:
         self._wake = asyncio.Event()
         self._handing_out: asyncio.Task | None = None  # the last cycle's commands on their way (_hand_out)
         self._outbox_lock = asyncio.Lock()
+        # One instruction at a time from the engine to the disk: one that cannot be written rolls the
+        # engine back to its state before it, which must not undo another one's (see Journal.instruction).
+        self._journalling = asyncio.Lock()
         self._online: dict[str, bool] = {}
         self.last_cycle_s = 0.0  # how long the last control cycle took (read, decide, hand out writes)
         self.on_cycle_time: Callable[[float], None] | None = None  # told each cycle's duration (/metrics)
@@ -197,12 +201,18 @@ class Gateway:
         """Every instruction, from MQTT or from LDC SCADA (DNP3), takes this one path: decided by the
         core, written to disk with its decision, answered on MQTT, and followed at once by a control
         cycle (TDC-11)."""
-        now = utcnow()
-        outs = self.engine.receive(msg, now)
+        async with self._journalling:
+            now = utcnow()
+            outs = self.engine.receive(msg, now)
+            encoded = self._encode(outs)
+            if not await self.journal.instruction(msg, source, encoded, self.engine, now):
+                # not on disk, so not in force (the engine is back as it was before it): refused
+                assert not isinstance(msg, Invalid)  # only an instruction changes what is in force
+                outs = refused(msg, now, self.journal.health.cause())
+                encoded = self._encode(outs)
+                self.journal.outbound(encoded, now)
         for listener in self.inbound_listeners:
             listener(msg, outs)
-        encoded = self._encode(outs)
-        self.journal.instruction(msg, source, encoded, self.engine, now)
         await self._publish(encoded)
         self._wake.set()
         return outs
@@ -295,7 +305,8 @@ class Gateway:
         for listener in self.cycle_listeners:
             listener(cycle, meter, devices)
         encoded = self._encode(cycle.outbound)
-        self.journal.cycle(cycle, encoded, self.engine, self._device_events())
+        # on disk before it is published (or known not to be: control goes on, what was lost is counted)
+        await self.journal.cycle(cycle, encoded, self.engine, self._device_events())
         await self._publish(encoded)
         await self._publish_status()
         return cycle
@@ -371,8 +382,10 @@ class Gateway:
             if t is not None:
                 await asyncio.sleep(0)  # building and encoding 1,000 devices' telemetry: ~10 ms each
                 _, payload = encode_outbound(t, self.site.site.id)
-                self.journal.telemetry(t.seq, payload)
+                stored = await self.journal.telemetry(t.seq, payload)
                 await self._flush_outbox(live_seq=t.seq)
+                if not stored:  # the store is full: sent live all the same, after the backlog (counted)
+                    await self.link.publish_many([("gateway/telemetry", payload, False)])
 
     async def _flush_outbox(self, live_seq: int | None = None) -> None:
         """Publish the outbox in seq order; what waited for the broker goes out marked `replayed`."""
@@ -391,7 +404,8 @@ class Gateway:
                 # The broker went away again: the batch stays, to go again in full on the next
                 # connection; a subscriber may then see a seq twice, never a gap.
                 return
-            outbox.ack(batch[-1][0])
+            if not await self.journal.telemetry_sent(batch[-1][0]):
+                return  # the store cannot be written: the batch stays, to go again with the next one
 
     def _status(self, online: bool = True) -> Status:
         now = utcnow()
@@ -404,10 +418,9 @@ class Gateway:
 
     def _alarms(self) -> tuple[str, ...]:
         evicted = self.store.outbox.evicted
-        if evicted:
-            return (f"telemetry outbox full: {evicted} oldest messages dropped "
-                    f"(store.outbox_max_messages = {self.store.outbox.max_messages})",)
-        return ()
+        full = (f"telemetry outbox full: {evicted} oldest messages dropped "
+                f"(store.outbox_max_messages = {self.store.outbox.max_messages})",) if evicted else ()
+        return full + self.journal.health.alarms()
 
     async def _publish_status(self, force: bool = False) -> None:
         # compared without its time, so an unchanged status is not republished every cycle
@@ -439,4 +452,5 @@ class Gateway:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             await asyncio.gather(*(p.device.close() for p in self.pollers.values()), return_exceptions=True)
+            await asyncio.to_thread(self.journal.close)
             self.store.close()

@@ -62,10 +62,18 @@ class MqttSection(_Strict):
 
 
 class StoreSection(_Strict):
-    """Where the gateway keeps what must survive a restart (instructions, seen ids, audit, telemetry)."""
+    """Where the gateway keeps what must survive a restart (instructions, seen ids, audit, telemetry), and
+    how much of it: the audit log is sealed into segment files of `audit_segment_records` records
+    (in `<path>.audit/`), of which retention keeps the newest `audit_keep_segments` and those with
+    records younger than `audit_keep_days` (unset: no limit of that kind)."""
 
     path: Path = Path("var/der-gateway.sqlite")
     outbox_max_messages: Annotated[int, Field(ge=10)] = 100_000
+    audit_segment_records: Annotated[int, Field(ge=100)] = 100_000
+    audit_keep_segments: Annotated[int, Field(ge=1)] | None = None
+    audit_keep_days: Annotated[float, Field(gt=0)] | None = 90.0
+    min_free_mb: Annotated[float, Field(ge=0)] = Field(
+        default=200.0, description="below this room left for the store, status and /metrics raise an alarm")
 
 
 class DeviceSim(_Strict):
