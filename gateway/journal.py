@@ -76,22 +76,26 @@ def refused(msg: Inbound, at: datetime, cause: str) -> list[Outbound]:
 
 class Written:
     """A journal entry on its way to disk: awaiting it gives True once it is there, False when the store
-    could not take it (then `on_failure` has run, on the event loop)."""
+    could not take it; then `on_failure` runs (on the event loop), and `stands` is given instead of
+    False when what was not written may stand all the same."""
 
-    def __init__(self, future: Future, on_failure: Callable[[], None] | None = None) -> None:
+    def __init__(self, future: Future, on_failure: Callable[[], None] | None = None,
+                 stands: bool = False) -> None:
         self.future = future
         self.on_failure = on_failure
+        self.stands = stands
 
     def __await__(self) -> Generator[Any, None, bool]:
         return self._wait().__await__()
 
     async def _wait(self) -> bool:
         # shielded: a caller cancelled while it waits (the gateway stopping) must not cancel the write
-        ok = bool(await asyncio.shield(asyncio.wrap_future(self.future)))
-        if not ok and self.on_failure is not None:
+        if await asyncio.shield(asyncio.wrap_future(self.future)):
+            return True
+        if self.on_failure is not None:
             self.on_failure()
             self.on_failure = None
-        return ok
+        return self.stands
 
 
 def _failed() -> Future:
@@ -127,8 +131,10 @@ class Journal:
     # ---- instructions -----------------------------------------------------------------------------------
     def instruction(self, msg: Inbound | Invalid, source: str, outs: list[Encoded], engine: Engine,
                     at: datetime) -> Written:
-        """Await it before publishing `outs`: False means the instruction was not written and the engine
-        has been rolled back; answer it with `refused`."""
+        """Await it before publishing `outs`. False: the message changed what is in force and could not
+        be written, so the engine has been rolled back (needs `restore` first); answer it with `refused`.
+        A message that changed nothing in force (rejected, repeated, a heartbeat) stands: its answer is
+        published even when its record could not be written (counted)."""
         record: dict[str, Any] = {"source": source, "payload": _text(msg.raw)}
         if isinstance(msg, Invalid):
             record.update(role=msg.role, type=msg.msg_type, id=msg.id, invalid=msg.reason, detail=msg.detail)
@@ -152,7 +158,7 @@ class Journal:
             self._outbound(store, outs, at)
             store.state.save_engine(snap)
 
-        return Written(self._submit(job, audit=1 + len(outs)), rollback)
+        return Written(self._submit(job, audit=1 + len(outs)), rollback, stands=rollback is None)
 
     def outbound(self, outs: list[Encoded], at: datetime) -> Written:
         """Messages published outside a cycle and an instruction (a refusal)."""

@@ -76,7 +76,8 @@ def verify(conn: sqlite3.Connection) -> Verification:
         anchor = retired[-1]
         walk = _Walk(anchor.last_hash, anchor.last_seq + 1)
         first_seq = anchor.last_seq + 1
-        start = (f"records 1 to {anchor.last_seq} (segments 1 to {anchor.number}) were retired by retention "
+        which = "segment 1" if anchor.number == 1 else f"segments 1 to {anchor.number}"
+        start = (f"records 1 to {anchor.last_seq} ({which}) were retired by retention "
                  f"({anchor.retired_reason}, last on {anchor.retired_at}); the chain is verified from record "
                  f"{first_seq}, linked to the retired record {anchor.last_seq}'s hash")
     for done, s in enumerate(kept):

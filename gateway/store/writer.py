@@ -6,9 +6,10 @@ for SQLite or an fsync: the caller awaits the future where durability matters (a
 answer). Between jobs it seals full audit segments, applies the retention and measures the room left.
 `InlineWriter` runs them at once on the caller's thread and connection (tests, tools).
 
-A job that fails because the store cannot be written (full disk, I/O error) is rolled back whole and
-its future answers `False`; the failure is counted in `StoreHealth`, never raised into the gateway. A
-job that fails for any other reason is a bug: logged, and raised where its future is awaited.
+A job's future answers True once it is committed. One that fails because the store cannot be written
+(full disk, I/O error) is rolled back whole and its future answers False; the failure is counted in
+`StoreHealth`, never raised into the gateway. A job that fails for any other reason is a bug: logged,
+and raised where its future is awaited.
 """
 
 from __future__ import annotations
@@ -51,9 +52,10 @@ class _Runner:
         try:
             store = self._store()
             with store.transaction():
-                result = item.job(store)
+                item.job(store)
         except STORE_ERRORS as err:
             self.health.failed(err, item.unstored)
+            self._measure()
             item.future.set_result(False)
             return
         except Exception as err:
@@ -61,11 +63,12 @@ class _Runner:
             item.future.set_exception(err)
             return
         self._recovered(store)
-        item.future.set_result(True if result is None else result)
+        item.future.set_result(True)
 
     def _recovered(self, store: Store) -> None:
         outage = self.health.recovered()
         if outage is not None:
+            self._measure()
             try:
                 with store.transaction():
                     store.audit.append("event", datetime.now(UTC), outage)
@@ -81,10 +84,13 @@ class _Runner:
                 log.info("audit: sealed %s into %s", segment.describe(), segment.file)
             for segment in store.audit.retire_due(now):
                 log.info("audit: retired %s (%s)", segment.describe(), segment.retired_reason)
-            if store.path.name != ":memory:":
-                self.health.measure(store.conn)
         except STORE_ERRORS as err:
             log.warning("store maintenance (sealing, retention) failed, to be retried: %s", err)
+        self._measure()
+
+    def _measure(self) -> None:
+        if self.store is not None and self.store.path.name != ":memory:":
+            self.health.measure(self.store.conn)
 
     def _store(self) -> Store:
         raise NotImplementedError
@@ -140,6 +146,7 @@ class StoreWriter(_Runner):
             except queue.Empty:
                 item = False
             if item is None:
+                self._maintain()
                 break
             if item:
                 self._run_job(item)
