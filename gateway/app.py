@@ -168,8 +168,9 @@ class Gateway:
         self._wake = asyncio.Event()
         self._handing_out: asyncio.Task | None = None  # the last cycle's commands on their way (_hand_out)
         self._outbox_lock = asyncio.Lock()
-        # One instruction at a time from the engine to the disk: one that cannot be written rolls the
-        # engine back to its state before it, which must not undo another one's (see Journal.instruction).
+        # One instruction at a time from the engine to the disk, and no control cycle meanwhile: one that
+        # cannot be written rolls the engine back to its state before it, which must undo nothing else
+        # (see Journal.instruction).
         self._journalling = asyncio.Lock()
         self._online: dict[str, bool] = {}
         self.last_cycle_s = 0.0  # how long the last control cycle took (read, decide, hand out writes)
@@ -216,6 +217,13 @@ class Gateway:
         await self._publish(encoded)
         self._wake.set()
         return outs
+
+    async def _instruction_settled(self) -> None:
+        """Until no instruction is on its way to disk: one that cannot be written is rolled back, and no
+        control cycle may have acted on it or saved it meanwhile. The caller hands its cycle to the journal
+        without awaiting anything before, so that no instruction starts in between."""
+        async with self._journalling:
+            pass
 
     async def _on_connect(self) -> None:
         self._last_status = None
@@ -298,6 +306,7 @@ class Gateway:
             await asyncio.wait(reads, timeout=max(0.0, deadline - loop.time()))
         meter, devices = self._readings()
         await asyncio.sleep(0)  # an instruction that came meanwhile is decided before the cycle, and in it
+        await self._instruction_settled()  # nothing awaits from here until the journal has the cycle
         now = utcnow()
         cycle = self.engine.cycle(now, meter, devices, new_readings=read)
         self._hand_out(cycle.commands)

@@ -69,11 +69,14 @@ class StoreSection(_Strict):
 
     path: Path = Path("var/der-gateway.sqlite")
     outbox_max_messages: Annotated[int, Field(ge=10)] = 100_000
-    audit_segment_records: Annotated[int, Field(ge=100)] = 100_000
-    audit_keep_segments: Annotated[int, Field(ge=1)] | None = None
-    audit_keep_days: Annotated[float, Field(gt=0)] | None = 90.0
+    # ~340 bytes a record: a segment of 50,000 is a ~17 MB file, sealed in 0.1-0.3 s (measured); the
+    # example site writes ~1.6 records a second at rest, so 100 segments keep ~5 weeks in ~1.7 GB
+    audit_segment_records: Annotated[int, Field(ge=100)] = 50_000
+    audit_keep_segments: Annotated[int, Field(ge=1)] | None = 100
+    audit_keep_days: Annotated[float, Field(gt=0)] | None = None
     min_free_mb: Annotated[float, Field(ge=0)] = Field(
-        default=200.0, description="below this room left for the store, status and /metrics raise an alarm")
+        default=200.0, description="below this room left for the store, status and /metrics raise an alarm "
+        "while everything is still written (a store that cannot be written refuses instructions)")
 
 
 class DeviceSim(_Strict):

@@ -19,6 +19,7 @@ in the order given, off the event loop; each method returns a `Written` to await
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections import Counter
 from collections.abc import Callable, Generator, Iterator
@@ -64,6 +65,19 @@ def _in_force(snapshot: dict[str, Any] | None) -> tuple[Any, Any]:
     """What an instruction changes when it is accepted or cancels one: the records and the seen ids."""
     store = ((snapshot or {}).get("state") or {}).get("store") or {}
     return store.get("records"), store.get("seen")
+
+
+def _keep_transient(live: Any, restored: Any) -> None:
+    """A rollback restores what is persisted; the fields that are not (`transient()` in
+    gateway.core.serde: monotonic times, a ramp under way) belong to the running process, and stay as they
+    are in `live`, nested dataclasses included."""
+    if not dataclasses.is_dataclass(restored) or type(live) is not type(restored):
+        return
+    for f in dataclasses.fields(restored):
+        if f.metadata.get("transient"):
+            setattr(restored, f.name, getattr(live, f.name))
+        else:
+            _keep_transient(getattr(live, f.name), getattr(restored, f.name))
 
 
 def refused(msg: Inbound, at: datetime, cause: str) -> list[Outbound]:
@@ -131,10 +145,15 @@ class Journal:
     # ---- instructions -----------------------------------------------------------------------------------
     def instruction(self, msg: Inbound | Invalid, source: str, outs: list[Encoded], engine: Engine,
                     at: datetime) -> Written:
-        """Await it before publishing `outs`. False: the message changed what is in force and could not
-        be written, so the engine has been rolled back (needs `restore` first); answer it with `refused`.
-        A message that changed nothing in force (rejected, repeated, a heartbeat) stands: its answer is
-        published even when its record could not be written (counted)."""
+        """Call it right after `engine.receive(msg)`, before anything else acts on the engine, and await
+        it before publishing `outs` or acknowledging `msg` to the broker.
+
+        True: the message, its decision and the engine's new state are on disk (committed, fsync'd), so
+        what it put in force survives a crash; or it changed nothing in force (rejected, repeated, a
+        heartbeat) and stands even if its record could not be written (then counted as not stored).
+        False: it changed what is in force and could not be written, so the engine has been rolled back
+        to its state before it (`restore` must have been called first); answer it with `refused`.
+        Either way, once awaited the message has its answer and may be acknowledged."""
         record: dict[str, Any] = {"source": source, "payload": _text(msg.raw)}
         if isinstance(msg, Invalid):
             record.update(role=msg.role, type=msg.msg_type, id=msg.id, invalid=msg.reason, detail=msg.detail)
@@ -145,7 +164,9 @@ class Journal:
         rollback = None
         if before is not None and not isinstance(msg, Invalid) and _in_force(snap) != _in_force(before):
             def rollback() -> None:
+                live = engine.state
                 engine.restore(before)
+                _keep_transient(live, engine.state)
                 engine.heard(msg.issuer, at)  # a sign of life all the same (§6)
                 self._snapshot = engine.snapshot()
             if not self.health.writable:  # refused before a control cycle can act on it

@@ -4,7 +4,10 @@ instruction path.
 Room is the free space of the store's file system, or less when SQLite's own page limit
 (`max_page_count`) leaves less. Below `min_free_mb` the gateway raises an alarm while everything is
 still written; once a write fails (SQLite's "database or disk is full", an I/O error) the store is
-*unwritable* until a write succeeds again: instructions are refused, what could not be stored is counted.
+*unwritable*: instructions are refused, what could not be stored is counted. It is writable again once a
+write succeeds with at least `RECOVERY_MB` of room: on a full disk small writes still fit in the pages
+SQLite has freed (an outbox acknowledged), and a store taken as writable on one of them would fail the
+next instruction and flap between the two.
 """
 
 from __future__ import annotations
@@ -18,8 +21,16 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 MB = 1024 * 1024
-# Errors that mean the store could not take a write (as opposed to a bug in what was written).
-STORE_ERRORS = (sqlite3.OperationalError, sqlite3.DatabaseError, OSError)
+RECOVERY_MB = 4.0  # room for thousands of audit records: enough to take instructions again
+# What a store that cannot take a write raises: SQLite's "database or disk is full", "disk I/O error",
+# "attempt to write a readonly database" (OperationalError), a corrupt file (DatabaseError itself), the
+# file system's own errors. A DatabaseError subclass other than OperationalError (a constraint, a misuse)
+# is a bug in what was written, and is not taken for one of these (see `store_error`).
+STORE_ERRORS = (sqlite3.DatabaseError, OSError)
+
+
+def store_error(err: BaseException) -> bool:
+    return isinstance(err, sqlite3.OperationalError | OSError) or type(err) is sqlite3.DatabaseError
 
 
 def room_bytes(conn: sqlite3.Connection, directory: Path) -> int:
@@ -74,8 +85,9 @@ class StoreHealth:
         self.error = str(err)
 
     def recovered(self) -> dict[str, object] | None:
-        """A write succeeded: the outage that ends here, for the audit log (None when there was none)."""
-        if self.error is None:
+        """A write succeeded (and the room was measured since): the outage that ends here, for the audit
+        log; None when there was none, or when it goes on for want of room."""
+        if self.error is None or (self.room is not None and self.room < RECOVERY_MB * MB):
             return None
         outage = {"event": "store_unwritable", "since": self.failing_since, "error": self.error,
                   "unstored": dict(self._unstored_now)}
@@ -88,18 +100,22 @@ class StoreHealth:
     @property
     def fix(self) -> str:
         return (f"free space on the file system of {self.path.parent}, or lower [store] audit_keep_segments "
-                "or audit_keep_days so that fewer sealed audit segments are kept")
+                "or audit_keep_days in the site file and restart the gateway, so that fewer sealed audit "
+                "segments are kept")
 
     def cause(self) -> str:
         """Why an instruction is refused, for its `rejected` detail."""
-        return f"its store cannot be written: {self.error or 'no room'} ({self.path})"
+        return (f"its store {self.path} cannot be written: {self.error or 'no room'}; the site's operator "
+                f"must {self.fix}")
 
     def alarms(self) -> tuple[str, ...]:
         alarms = []
         if not self.writable:
-            lost = ", ".join(f"{n} {what}" for what, n in sorted(self._unstored_now.items())) or "nothing yet"
+            # what could not be stored meanwhile is counted in /metrics, not here: a status that changed
+            # with every count would be republished every cycle
             alarms.append(f"store unwritable since {self.failing_since:%Y-%m-%d %H:%M:%S} UTC: {self.error} "
-                          f"({self.path}); instructions are refused (INTERNAL_ERROR); not stored: {lost}; "
+                          f"({self.path}); instructions are refused (INTERNAL_ERROR), audit records and "
+                          f"telemetry not stored are counted (/metrics der_gateway_store_unstored); "
                           f"{self.fix}")
         if self.low:
             alarms.append(f"store low on space: {self._room_text()}")

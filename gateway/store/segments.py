@@ -36,7 +36,7 @@ SEGMENT_COLUMNS = ("segment, first_seq, last_seq, prev_hash, last_hash, first_at
 class Rotation:
     """`[store]` audit_segment_records, audit_keep_segments, audit_keep_days (None: no limit)."""
 
-    segment_records: int = 100_000
+    segment_records: int
     keep_segments: int | None = None
     keep_days: float | None = None
 
@@ -110,23 +110,11 @@ def seal(conn: sqlite3.Connection, first_seq: int, last_seq: int, now: datetime)
         conn.execute("SELECT at, prev_hash FROM audit WHERE seq = ?", (first_seq,)).fetchone(),
         conn.execute("SELECT at, hash FROM audit WHERE seq = ?", (last_seq,)).fetchone())
     sealed_at = now.isoformat()
-    conn.execute("ATTACH DATABASE ? AS seg", (str(part),))
     try:
-        conn.execute("PRAGMA seg.synchronous=FULL")
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            conn.execute(AUDIT_TABLE.format(schema="seg"))
-            conn.execute(SEAL_TABLE.format(schema="seg"))
-            conn.execute(f"INSERT INTO seg.audit ({COLUMNS}) SELECT {COLUMNS} FROM main.audit "
-                         "WHERE seq BETWEEN ? AND ?", (first_seq, last_seq))
-            conn.execute("INSERT INTO seg.seal VALUES (?, ?, ?, ?, ?, ?)",
-                         (number, first_seq, last_seq, prev_hash, last_hash, sealed_at))
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-    finally:
-        conn.execute("DETACH DATABASE seg")
+        _write_segment(conn, part, (number, first_seq, last_seq, prev_hash, last_hash, sealed_at))
+    except BaseException:
+        part.unlink(missing_ok=True)  # on a full disk: the room it took is given back at once
+        raise
     os.replace(part, directory / name)
     _sync_dir(directory)
     segment = Segment(number, first_seq, last_seq, prev_hash, last_hash, first_at, last_at, sealed_at, name)
@@ -141,6 +129,28 @@ def seal(conn: sqlite3.Connection, first_seq: int, last_seq: int, now: datetime)
         conn.execute("ROLLBACK")
         raise
     return segment
+
+
+def _write_segment(conn: sqlite3.Connection, part: Path, seal_row: tuple) -> None:
+    """The records `seal_row` names, and the row itself, into a new file `part`, synced."""
+    _, first_seq, last_seq, *_ = seal_row
+    conn.execute("ATTACH DATABASE ? AS seg", (str(part),))
+    try:
+        conn.execute("PRAGMA seg.synchronous=FULL")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute(AUDIT_TABLE.format(schema="seg"))
+            conn.execute(SEAL_TABLE.format(schema="seg"))
+            conn.execute(f"INSERT INTO seg.audit ({COLUMNS}) SELECT {COLUMNS} FROM main.audit "
+                         "WHERE seq BETWEEN ? AND ?", (first_seq, last_seq))
+            conn.execute("INSERT INTO seg.seal VALUES (?, ?, ?, ?, ?, ?)", seal_row)
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    finally:
+        conn.execute("DETACH DATABASE seg")
 
 
 def retire_due(conn: sqlite3.Connection, rotation: Rotation, now: datetime) -> list[Segment]:

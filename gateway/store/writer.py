@@ -27,12 +27,13 @@ from typing import Any
 
 from gateway.config import StoreSection
 from gateway.store import Store
-from gateway.store.health import STORE_ERRORS, StoreHealth
+from gateway.store.health import STORE_ERRORS, StoreHealth, store_error
 from gateway.store.segments import Rotation
 
 log = logging.getLogger(__name__)
 Job = Callable[[Store], Any]
 CHECK_S = 1.0  # how often the room is measured and the retention looked at, at most
+ROTATE_RETRY_S = 60.0  # after a seal or retirement failed (no room for the segment's file, say)
 
 
 @dataclass
@@ -47,28 +48,31 @@ class _Runner:
 
     store: Store | None
     health: StoreHealth
+    _rotate_after = 0.0  # monotonic time before which sealing and retention are not tried again
 
     def _run_job(self, item: _Item) -> None:
         try:
             store = self._store()
             with store.transaction():
                 item.job(store)
-        except STORE_ERRORS as err:
+        except Exception as err:
+            if not store_error(err):
+                log.exception("store job failed")
+                item.future.set_exception(err)
+                return
             self.health.failed(err, item.unstored)
             self._measure()
             item.future.set_result(False)
-            return
-        except Exception as err:
-            log.exception("store job failed")
-            item.future.set_exception(err)
             return
         self._recovered(store)
         item.future.set_result(True)
 
     def _recovered(self, store: Store) -> None:
+        if self.health.writable:
+            return
+        self._measure()
         outage = self.health.recovered()
         if outage is not None:
-            self._measure()
             try:
                 with store.transaction():
                     store.audit.append("event", datetime.now(UTC), outage)
@@ -77,15 +81,22 @@ class _Runner:
 
     def _maintain(self) -> None:
         """Seal what is full, retire what retention no longer keeps, measure the room left."""
-        try:
-            store = self._store()
-            now = datetime.now(UTC)
-            while (segment := store.audit.seal_due(now)) is not None:
-                log.info("audit: sealed %s into %s", segment.describe(), segment.file)
-            for segment in store.audit.retire_due(now):
-                log.info("audit: retired %s (%s)", segment.describe(), segment.retired_reason)
-        except STORE_ERRORS as err:
-            log.warning("store maintenance (sealing, retention) failed, to be retried: %s", err)
+        if time.monotonic() >= self._rotate_after:
+            try:
+                store = self._store()
+                now = datetime.now(UTC)
+                while (segment := store.audit.seal_due(now)) is not None:
+                    log.info("audit: sealed %s into %s", segment.describe(), segment.file)
+                for segment in store.audit.retire_due(now):
+                    log.info("audit: retired %s (%s)", segment.describe(), segment.retired_reason)
+            except Exception as err:  # the open segment goes on taking records meanwhile
+                self._rotate_after = time.monotonic() + ROTATE_RETRY_S
+                if store_error(err):
+                    log.warning("audit segments could not be sealed or retired (%s): tried again in %.0f s",
+                                err, ROTATE_RETRY_S)
+                else:
+                    log.exception("audit segments could not be sealed or retired: tried again in %.0f s",
+                                  ROTATE_RETRY_S)
         self._measure()
 
     def _measure(self) -> None:

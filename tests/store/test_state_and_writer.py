@@ -9,6 +9,7 @@ import contextlib
 import json
 import sqlite3
 import threading
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,9 +17,10 @@ import pytest
 
 from gateway.app import site_params
 from gateway.core.engine import Engine
-from gateway.journal import Journal
+from gateway.journal import Journal, _keep_transient
 from gateway.protocol.codec import decode_inbound
 from gateway.store import Store
+from gateway.store import writer as writer_module
 from gateway.store.audit import verify
 from gateway.store.health import StoreHealth
 from gateway.store.segments import Rotation
@@ -171,6 +173,38 @@ async def test_tdc_23_full_store_is_counted_and_alarmed_not_raised_and_leaves_no
 
 
 @pytest.mark.asyncio
+async def test_tdc_23_a_full_store_stays_unwritable_until_there_is_room_not_on_a_write_that_fits(
+        tmp_path: Path) -> None:
+    store = Store(tmp_path / "gw.sqlite", 100)
+    journal = Journal(store, InlineWriter(store, StoreHealth(store.path)))
+    store.conn.execute("CREATE TABLE spare AS SELECT zeroblob(40000) AS b")  # ten pages
+    fill_to_the_limit(store.conn)
+    fill_audit(store)
+    assert not await journal.event("lost", NOW, big="x" * 20_000)
+    # an outbox acknowledged, say: some pages free again, and a small write fits in them
+    store.conn.execute("DROP TABLE spare")
+    assert await journal.event("small", NOW)
+    assert not journal.health.writable  # still no room: instructions still refused, the alarm stays
+    assert "store unwritable" in journal.health.alarms()[0]
+    store.conn.execute(f"PRAGMA max_page_count = {UNLIMITED}")
+    assert await journal.event("after", NOW) and journal.health.writable
+    events = [r["event"] for _, _, _, r in store.audit.records("event")]
+    # the outage is recorded once it is over, after the write that ended it
+    assert events == ["filler"] * events.count("filler") + ["small", "after", "store_unwritable"]
+
+
+@pytest.mark.asyncio
+async def test_a_bug_in_a_job_is_raised_where_awaited_not_taken_for_a_full_store(tmp_path: Path) -> None:
+    store = Store(tmp_path / "gw.sqlite", 100)
+    journal = Journal(store, InlineWriter(store, StoreHealth(store.path)))
+    assert await journal.telemetry(1, b"{}")
+    with pytest.raises(sqlite3.IntegrityError):
+        await journal.telemetry(1, b"{}")  # the same seq twice: a bug in the caller
+    assert journal.health.writable and journal.health.failed_writes == 0
+    assert store.outbox.depth() == 1
+
+
+@pytest.mark.asyncio
 async def test_tdc_23_writer_seals_full_segments_between_jobs(tmp_path: Path) -> None:
     path = tmp_path / "gw.sqlite"
     writer = StoreWriter(lambda: Store(path, 100, Rotation(segment_records=100)), StoreHealth(path))
@@ -179,6 +213,24 @@ async def test_tdc_23_writer_seals_full_segments_between_jobs(tmp_path: Path) ->
     journal.close()  # its last maintenance has run
     result = verify(journal.store.conn)
     assert result.ok and result.records == 250 and result.segments == 2
+
+
+@pytest.mark.asyncio
+async def test_tdc_23_a_seal_that_fails_keeps_the_records_open_and_is_tried_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(writer_module, "ROTATE_RETRY_S", 0.0)
+    path = tmp_path / "gw.sqlite"
+    store = Store(path, 100, Rotation(segment_records=100))
+    journal = Journal(store, InlineWriter(store))
+    blocker = tmp_path / "gw.sqlite.audit"
+    blocker.write_text("not a directory")  # where the segment files go
+    assert all([await journal.event("e", NOW, i=i) for i in range(120)])
+    assert "audit segments could not be sealed" in caplog.text
+    assert verify(store.conn).segments == 0 and store.audit.count == 120  # all still in the open segment
+    blocker.unlink()
+    assert await journal.event("e", NOW, i=120)
+    result = verify(store.conn)
+    assert result.ok and result.segments == 1 and result.records == 121
 
 
 # ---- an instruction the store cannot take ----------------------------------------------------------
@@ -220,3 +272,24 @@ async def test_tdc_19_an_instruction_that_cannot_be_written_is_rolled_back_not_l
     assert await journal.instruction(msg, "mqtt", [], engine, NOW)
     assert "e-new" in engine.state.store.records["ldc"]
     assert verify(journal.store.conn).ok
+
+
+@dataclass
+class _Inner:
+    wall: int = 0
+    mono: float = field(default=0.0, metadata={"transient": True})  # as gateway.core.serde.transient()
+
+
+@dataclass
+class _State:
+    inner: _Inner
+    records: dict = field(default_factory=dict)
+    ramp: str | None = field(default=None, metadata={"transient": True})
+
+
+def test_a_rollback_restores_what_is_persisted_and_keeps_what_belongs_to_the_process() -> None:
+    live = _State(_Inner(wall=2, mono=7.5), {"e-new": 1}, ramp="under way")
+    restored = _State(_Inner(wall=1), {})  # from the snapshot before the instruction: no transient fields
+    _keep_transient(live, restored)
+    assert restored == _State(_Inner(wall=1, mono=7.5), {}, ramp="under way")
+
