@@ -11,8 +11,6 @@ connection, so SQLite answers "database or disk is full" exactly as on a full fi
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import sqlite3
 
 import aiohttp
 import pytest
@@ -26,6 +24,7 @@ from gateway.store.db import open_db
 from simulators.example_site import example_site
 from simulators.mosquitto import Mosquitto, free_port
 from tests.gateway.test_tdc_failsafe import Sampler, dispatch, envelope
+from tests.store.test_state_and_writer import fill_to_the_limit
 from tests.support.rig import Rig
 
 pytestmark = pytest.mark.asyncio
@@ -52,12 +51,7 @@ def fill_free_pages(path) -> None:
     conn = open_db(path)
     try:
         conn.execute("PRAGMA synchronous = OFF")  # filler: not worth an fsync a row
-        conn.execute("CREATE TABLE IF NOT EXISTS filler (b BLOB)")
-        conn.execute("PRAGMA max_page_count = 1")  # becomes the pages there are
-        for size in (4096, 256, 16):
-            with contextlib.suppress(sqlite3.OperationalError):
-                while True:
-                    conn.execute("INSERT INTO filler VALUES (zeroblob(?))", (size,))
+        fill_to_the_limit(conn)
     finally:
         conn.close()
 
