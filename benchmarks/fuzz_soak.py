@@ -27,7 +27,6 @@ import tomli_w
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.fuzz.hostile: the cases themselves
 
-from gateway.journal import ENGINE_KEY
 from gateway.north.mqtt import MqttPeer
 from gateway.protocol.codec import decode_inbound
 from gateway.store import Store
@@ -124,7 +123,7 @@ def in_force(store_path: Path) -> int:
     """Instructions the gateway holds when it stops: the near-valid and valid cases it accepted."""
     store = Store(store_path, 10)
     try:
-        snapshot = store.state.load(ENGINE_KEY) or {}
+        snapshot = store.state.load_engine() or {}
     finally:
         store.close()
     records = snapshot.get("state", {}).get("store", {}).get("records", {})

@@ -27,12 +27,13 @@ from gateway.core.engine import Cycle, Engine, StatusInfo
 from gateway.core.model import DeviceCommand, DeviceReading, Invalid, Limits, MeterReading, SiteParams
 from gateway.core.model import Inbound as CoreInbound
 from gateway.core.outbound import Outbound, Status, Telemetry
-from gateway.journal import Encoded, Journal
+from gateway.journal import Encoded, Journal, refused, unwritten
 from gateway.north.mqtt import Inbound, MqttLink
 from gateway.protocol.codec import decode_inbound, encode_outbound
 from gateway.south.device import Device, DeviceError, Reading
 from gateway.south.factory import build_devices
 from gateway.store import Store
+from gateway.store.writer import writer_for
 from gateway.supervisor import Supervisor
 from gateway.web.server import attach_web
 
@@ -141,8 +142,8 @@ class Gateway:
         self.interval_s = site.site.control_interval_s
         self.engine = Engine(site_params(site), utcnow())
         self._response_s = {d.id: d.response_time_s for d in site.devices}
-        self.store = Store(site.store.path, site.store.outbox_max_messages)
-        self.journal = Journal(self.store)
+        self.store = Store(site.store.path, site.store.outbox_max_messages)  # reads; writes: the journal's
+        self.journal = Journal(self.store, writer_for(site.store))
         # Before any device is touched: limits, overrides and seen ids as they were (TDC-19).
         self.restored = self.journal.restore(self.engine)
         # Reads that miss this deadline leave their device's last reading in use (it turns stale), and
@@ -171,6 +172,10 @@ class Gateway:
         self._wake = asyncio.Event()
         self._handing_out: asyncio.Task | None = None  # the last cycle's commands on their way (_hand_out)
         self._outbox_lock = asyncio.Lock()
+        # One instruction at a time from the engine to the disk, and no control cycle meanwhile: one that
+        # cannot be written rolls the engine back to its state before it, which must undo nothing else
+        # (see Journal.instruction).
+        self._journalling = asyncio.Lock()
         self._online: dict[str, bool] = {}
         self.last_cycle_s = 0.0  # how long the last control cycle took (read, decide, hand out writes)
         self.on_cycle_time: Callable[[float], None] | None = None  # told each cycle's duration (/metrics)
@@ -201,15 +206,31 @@ class Gateway:
         """Every instruction, from MQTT or from LDC SCADA (DNP3), takes this one path: decided by the
         core, written to disk with its decision, answered on MQTT, and followed at once by a control
         cycle (TDC-11)."""
-        now, mono = clocks()
-        outs = self.engine.receive(msg, now, mono)
+        async with self._journalling:
+            now, mono = clocks()
+            outs = self.engine.receive(msg, now, mono)
+            encoded = self._encode(outs)
+            written = self.journal.instruction(msg, source, encoded, self.engine, now)
+            if not await written or (written.kept and not written.stored):
+                assert not isinstance(msg, Invalid)  # only an instruction changes what is in force
+                cause = self.journal.health.cause()
+                # not on disk: a market instruction is not in force (the engine is back as it was before
+                # it) and is refused; the LDC's stays in force, and its answer says it was not written
+                outs = unwritten(outs, msg, cause) if written.kept else refused(msg, now, cause)
+                encoded = self._encode(outs)
+                self.journal.outbound(encoded, now)
         for listener in self.inbound_listeners:
             listener(msg, outs)
-        encoded = self._encode(outs)
-        self.journal.instruction(msg, source, encoded, self.engine, now)
         await self._publish(encoded)
         self._wake.set()
         return outs
+
+    async def _instruction_settled(self) -> None:
+        """Until no instruction is on its way to disk: one that cannot be written is rolled back, and no
+        control cycle may have acted on it or saved it meanwhile. The caller hands its cycle to the journal
+        without awaiting anything before, so that no instruction starts in between."""
+        async with self._journalling:
+            pass
 
     async def _on_connect(self) -> None:
         self._last_status = None
@@ -294,6 +315,7 @@ class Gateway:
             await asyncio.wait(reads, timeout=max(0.0, deadline - loop.time()))
         meter, devices = self._readings()
         await asyncio.sleep(0)  # an instruction that came meanwhile is decided before the cycle, and in it
+        await self._instruction_settled()  # nothing awaits from here until the journal has the cycle
         now, mono = clocks()
         cycle = self.engine.cycle(now, meter, devices, new_readings=read, mono=mono)
         now = cycle.at  # the core's time (a wall clock that stepped back is held, see core/clock.py)
@@ -303,7 +325,9 @@ class Gateway:
         for listener in self.cycle_listeners:
             listener(cycle, meter, devices)
         encoded = self._encode(cycle.outbound)
-        self.journal.cycle(cycle, encoded, self.engine, self._device_events() + self._cycle_events(cycle))
+        # on disk before it is published (or known not to be: control goes on, what was lost is counted)
+        events = self._device_events() + self._cycle_events(cycle)
+        await self.journal.cycle(cycle, encoded, self.engine, events)
         await self._publish(encoded)
         await self._publish_status()
         return cycle
@@ -368,8 +392,12 @@ class Gateway:
         loop = asyncio.get_running_loop()
         next_at = loop.time()
         while True:
+            # asyncio.timeout, not wait_for: on 3.11 wait_for swallows a cancellation that arrives as the
+            # event is set (cpython gh-86296), and a flood of instructions made that likely: the loop ran
+            # on after the gateway was stopped, and its stop never ended
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), max(0.0, next_at - loop.time()))
+                async with asyncio.timeout(max(0.0, next_at - loop.time())):
+                    await self._wake.wait()
             woken = self._wake.is_set()
             self._wake.clear()
             started = loop.time()
@@ -410,8 +438,10 @@ class Gateway:
             if t is not None:
                 await asyncio.sleep(0)  # building and encoding 1,000 devices' telemetry: ~10 ms each
                 _, payload = encode_outbound(t, self.site.site.id)
-                self.journal.telemetry(t.seq, payload)
+                stored = await self.journal.telemetry(t.seq, payload)
                 await self._flush_outbox(live_seq=t.seq)
+                if not stored:  # the store is full: sent live all the same, after the backlog (counted)
+                    await self.link.publish_many([("gateway/telemetry", payload, False)])
 
     async def _flush_outbox(self, live_seq: int | None = None) -> None:
         """Publish the outbox in seq order; what waited for the broker goes out marked `replayed`."""
@@ -430,7 +460,8 @@ class Gateway:
                 # The broker went away again: the batch stays, to go again in full on the next
                 # connection; a subscriber may then see a seq twice, never a gap.
                 return
-            outbox.ack(batch[-1][0])
+            if not await self.journal.telemetry_sent(batch[-1][0]):
+                return  # the store cannot be written: the batch stays, to go again with the next one
 
     def _status(self, online: bool = True) -> Status:
         now, mono = clocks()
@@ -449,7 +480,7 @@ class Gateway:
         if evicted:
             alarms += (f"telemetry outbox full: {evicted} oldest messages dropped "
                        f"(store.outbox_max_messages = {self.store.outbox.max_messages})",)
-        return alarms
+        return alarms + self.journal.health.alarms()
 
     async def _publish_status(self, force: bool = False) -> None:
         # compared without its time, so an unchanged status is not republished every cycle
@@ -483,4 +514,5 @@ class Gateway:
                 self._handing_out.cancel()
             await sup.stop()
             await asyncio.gather(*(p.device.close() for p in self.pollers.values()), return_exceptions=True)
+            await asyncio.to_thread(self.journal.close)
             self.store.close()

@@ -113,9 +113,11 @@ def _cmd_audit_verify(args: argparse.Namespace) -> int:
         return 2
     result = verify(open_db(path))
     if result.ok:
-        print(f"{path}: audit log intact, {result.records} records")
+        print(f"{path}: audit log intact: {result.records} records verified in {result.segments} sealed "
+              f"segment(s) and the open one; {result.start}")
         return 0
-    print(f"{path}: audit log BROKEN at record {result.records}: {result.problem}")
+    print(f"{path}: audit log BROKEN: {result.problem}\n  ({result.records} records verified intact before "
+          f"it; {result.start})")
     return 1
 
 
@@ -167,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("audit", help="the audit log")
     audit = s.add_subparsers(dest="audit_command", required=True)
-    v = audit.add_parser("verify", help="check the hash chain; name the first broken record")
+    v = audit.add_parser("verify", help="check the hash chain across every audit segment; name the first "
+                                                "broken record")
     where = v.add_mutually_exclusive_group(required=True)
     where.add_argument("--site", help="site file (its [store] path)")
     where.add_argument("--db", help="the gateway's SQLite file")

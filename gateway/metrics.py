@@ -24,6 +24,7 @@ from gateway.core.engine import Cycle
 from gateway.core.model import DeviceReading, Inbound, Invalid, MeterReading
 from gateway.core.outbound import Outbound, Response
 from gateway.south.device import Device, DeviceError, DeviceFault, Reading
+from gateway.store.health import StoreHealth
 from gateway.web.history import metered_pcc_kw
 
 if TYPE_CHECKING:
@@ -161,3 +162,27 @@ class _ScrapeTime(Collector):
         if audit is not None:
             yield CounterMetricFamily("der_gateway_audit_records", "Records appended to the audit log",
                                       value=audit.count)
+        health = getattr(getattr(gw, "journal", None), "health", None)
+        if health is not None:
+            yield from _store_health(health)
+
+
+def _store_health(health: StoreHealth) -> Iterator[Metric]:
+    yield GaugeMetricFamily("der_gateway_store_room_bytes",
+                            "Room left for the store: its file system's free space, or less where SQLite's "
+                            "page limit says so (NaN until measured)",
+                            value=math.nan if health.room is None else float(health.room))
+    yield GaugeMetricFamily("der_gateway_store_low", "1 while the room left is under store.min_free_mb",
+                            value=float(health.low))
+    yield GaugeMetricFamily("der_gateway_store_writable",
+                            "0 while the store cannot be written (market instructions are refused)",
+                            value=float(health.writable))
+    yield CounterMetricFamily("der_gateway_store_failed_writes",
+                              "Store transactions that could not be written (full disk, I/O error)",
+                              value=health.failed_writes)
+    unstored = CounterMetricFamily("der_gateway_store_unstored",
+                                   "Audit records and telemetry messages that could not be stored",
+                                   labels=["what"])
+    for what in ("audit", "telemetry"):
+        unstored.add_metric([what], sum(n for k, n in health.unstored.items() if k.startswith(what)))
+    yield unstored

@@ -22,6 +22,7 @@ BACKOFF_START_S = 0.5
 BACKOFF_MAX_S = 30.0
 HEALTHY_S = 60.0  # a task that ran this long before it failed starts its backoff afresh
 ALARM_S = 600.0  # a failure is shown in `status` this long after it happened
+STOP_S = 5.0  # a task still running this long after it was cancelled is cancelled again
 
 TaskFactory = Callable[[], Coroutine[Any, Any, None]]
 
@@ -74,6 +75,16 @@ class Supervisor:
                      for name, f in sorted(self.failures.items()) if now - f.at < ALARM_S)
 
     async def stop(self) -> None:
-        for task in self.tasks.values():
+        """Cancel every task and wait for them to end. One still running `STOP_S` later swallowed its
+        cancellation (a bug, or a library's: cpython gh-86296): it is logged and cancelled again, so the
+        gateway's stop always ends."""
+        tasks = list(self.tasks.values())
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self.tasks.values(), return_exceptions=True)
+        while pending := (await asyncio.wait(tasks, timeout=STOP_S))[1]:
+            log.error("task%s %s still running %.0f s after being stopped: cancelling again",
+                      "s" if len(pending) > 1 else "", ", ".join(sorted(t.get_name() for t in pending)),
+                      STOP_S)
+            for task in pending:
+                task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # all ended: collects their outcomes

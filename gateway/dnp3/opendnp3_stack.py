@@ -384,7 +384,8 @@ class MasterStack:
             (self._master.SelectAndOperate if select_first else self._master.DirectOperate)(
                 obj, command.index, done)
             try:
-                summary, status = await asyncio.wait_for(result, self._deadline_s())
+                async with asyncio.timeout(self._deadline_s()):  # not wait_for: see _wait
+                    summary, status = await result
             except TimeoutError:
                 raise Dnp3Error(f"{what}: no answer") from None
         if summary != "SUCCESS":
@@ -400,7 +401,10 @@ class MasterStack:
 
     async def _wait(self, n: int, fut: asyncio.Future[str], what: str) -> str:
         try:
-            return await asyncio.wait_for(fut, self._deadline_s())
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that arrives as
+            # the future completes (cpython gh-86296), and the gateway's stop would never end
+            async with asyncio.timeout(self._deadline_s()):
+                return await fut
         except TimeoutError:
             raise Dnp3Error(f"{what}: no answer") from None
         finally:

@@ -333,4 +333,5 @@ class MqttPeer:
                     seen = len(self.messages)
                     await self._arrived.wait()
 
-        return await asyncio.wait_for(_match(), timeout)
+        async with asyncio.timeout(timeout):  # not wait_for: it can swallow a cancellation on 3.11
+            return await _match()

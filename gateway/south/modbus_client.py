@@ -369,7 +369,8 @@ class ModbusEndpoint:
             raise ModbusConnectionLost(f"{where()}: not connected; next attempt in {wait:.1f} s")
         client = self._new_client()
         try:
-            ok = await asyncio.wait_for(client.connect(), timeout_s)
+            async with asyncio.timeout(timeout_s):  # not wait_for: it can swallow a cancellation on 3.11
+                ok = await client.connect()
         except (TimeoutError, OSError):  # OSError: a serial port that cannot be opened
             ok = False
         if not ok:

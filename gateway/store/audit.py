@@ -1,83 +1,90 @@
-"""The append-only, hash-chained audit log of PROTOCOL §8.
+"""The append-only, hash-chained audit log of PROTOCOL §8, in segments.
 
-Every record carries the hash of the one before it, and its own hash covers its sequence number, time,
-kind, content and that previous hash. So an edited record no longer matches its hash, a removed one
-leaves a gap in the sequence and a broken link, and a reordered one breaks the links around it;
-`verify` names the first record where the chain breaks and what is wrong there.
+Records are chained as `gateway.store.chain` says; they are appended to the open segment (the store's
+`audit` table), which is sealed into a file of its own once it is full, and the oldest sealed files are
+retired as the retention says (`gateway.store.segments`). `verify` walks the whole chain that remains,
+across every segment, and names the first record where it breaks and what is wrong there.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import sqlite3
-from dataclasses import dataclass
+from collections.abc import Iterator
 from datetime import datetime
 from typing import Any
 
-GENESIS = "0" * 64
-KINDS = ("inbound", "decision", "write", "outbound", "event")
+from gateway.store import segments
+from gateway.store.chain import GENESIS, KINDS, canonical, chain_hash
+from gateway.store.segments import Rotation, Segment
+from gateway.store.verify import Verification, verify
+
+__all__ = ["AuditLog", "Rotation", "Verification", "verify"]
 
 
-def _hash(seq: int, at: str, kind: str, record: str, prev_hash: str) -> str:
-    return hashlib.sha256(f"{seq}\x1f{at}\x1f{kind}\x1f{record}\x1f{prev_hash}".encode()).hexdigest()
-
-
-def _canonical(record: dict[str, Any]) -> str:
-    return json.dumps(record, sort_keys=True, separators=(",", ":"), default=str)
+def _last(conn: sqlite3.Connection) -> tuple[int, str]:
+    """The last record's seq and hash: in the open segment, else the last sealed (or retired) one."""
+    row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    if row is None:
+        row = conn.execute("SELECT last_seq, last_hash FROM audit_segments ORDER BY segment DESC LIMIT 1"
+                           ).fetchone()
+    return (row[0], row[1]) if row else (0, GENESIS)
 
 
 class AuditLog:
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, rotation: Rotation | None = None) -> None:
         self.conn = conn
-        row = conn.execute("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-        self.seq, self.last_hash = (row[0], row[1]) if row else (0, GENESIS)
+        # no rotation in memory: a segment is a file beside the store's
+        self.rotation = rotation if segments.segment_dir(conn) is not None else None
+        self.seq, self.last_hash = _last(conn)
 
     def append(self, kind: str, at: datetime, record: dict[str, Any]) -> int:
         if kind not in KINDS:
             raise ValueError(f"unknown audit record kind {kind!r}; one of {KINDS}")
         seq = self.seq + 1
         at_s = at.isoformat()
-        body = _canonical(record)
-        digest = _hash(seq, at_s, kind, body, self.last_hash)
+        body = canonical(record)
+        digest = chain_hash(seq, at_s, kind, body, self.last_hash)
         self.conn.execute("INSERT INTO audit (seq, at, kind, record, prev_hash, hash) "
                           "VALUES (?, ?, ?, ?, ?, ?)", (seq, at_s, kind, body, self.last_hash, digest))
         self.seq, self.last_hash = seq, digest
         return seq
 
+    # ---- transactions (see Store.transaction) --------------------------------------------------------
+    def mark(self) -> tuple[int, str]:
+        return self.seq, self.last_hash
+
+    def reset(self, mark: tuple[int, str]) -> None:
+        """The transaction that appended after `mark` was rolled back: so are the records."""
+        self.seq, self.last_hash = mark
+
+    # ---- reading ------------------------------------------------------------------------------------
     @property
     def count(self) -> int:
-        return self.seq
+        """Records appended so far (retired ones included), as committed: right on any connection."""
+        return _last(self.conn)[0]
 
     def records(self, kind: str | None = None) -> list[tuple[int, str, str, dict[str, Any]]]:
-        sql = "SELECT seq, at, kind, record FROM audit"
-        rows = self.conn.execute(sql + (" WHERE kind = ?" if kind else "") + " ORDER BY rowid",
-                                 (kind,) if kind else ())
-        return [(seq, at, k, json.loads(rec)) for seq, at, k, rec in rows]
+        """Every record still kept, sealed segments first, in seq order."""
+        return [(seq, at, k, json.loads(rec)) for seq, at, k, rec, _, _ in self._rows()
+                if kind is None or k == kind]
 
+    def _rows(self) -> Iterator[tuple]:
+        directory = segments.segment_dir(self.conn)
+        for segment in segments.sealed(self.conn):
+            if segment.retired_at is None and directory is not None:
+                yield from segments.segment_rows(directory, segment)
+        yield from self.conn.execute("SELECT seq, at, kind, record, prev_hash, hash FROM audit ORDER BY seq")
 
-@dataclass(frozen=True)
-class Verification:
-    ok: bool
-    records: int
-    problem: str | None = None
+    # ---- rotation (run between transactions) --------------------------------------------------------
+    def seal_due(self, now: datetime) -> Segment | None:
+        """Seal the open segment when it holds `segment_records` records."""
+        if self.rotation is None:
+            return None
+        sealed_up_to = self.conn.execute("SELECT MAX(last_seq) FROM audit_segments").fetchone()[0] or 0
+        if self.seq - sealed_up_to < self.rotation.segment_records:
+            return None
+        return segments.seal(self.conn, sealed_up_to + 1, sealed_up_to + self.rotation.segment_records, now)
 
-
-def verify(conn: sqlite3.Connection) -> Verification:
-    """Walk the chain; the first break is reported with the record it is at."""
-    # seq is the rowid, so storage order is seq order: a reordered record shows as a broken link.
-    rows = conn.execute("SELECT seq, at, kind, record, prev_hash, hash FROM audit ORDER BY seq").fetchall()
-    prev_hash, expected_seq = GENESIS, 1
-    for n, (seq, at, kind, record, stored_prev, stored_hash) in enumerate(rows, 1):
-        if seq != expected_seq:
-            gone = f"{expected_seq}" if seq == expected_seq + 1 else f"{expected_seq} to {seq - 1}"
-            return Verification(False, n, f"record {gone} was removed (record {seq} follows "
-                                          f"record {expected_seq - 1})")
-        if stored_prev != prev_hash:
-            return Verification(False, n, f"record {seq} does not link to record {seq - 1}: "
-                                          "records were reordered or replaced")
-        if _hash(seq, at, kind, record, stored_prev) != stored_hash:
-            return Verification(False, n, f"record {seq} ({kind} at {at}) was edited: its content no longer "
-                                          "matches its hash")
-        prev_hash, expected_seq = stored_hash, seq + 1
-    return Verification(True, len(rows))
+    def retire_due(self, now: datetime) -> list[Segment]:
+        return [] if self.rotation is None else segments.retire_due(self.conn, self.rotation, now)

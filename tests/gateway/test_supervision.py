@@ -8,6 +8,7 @@ import asyncio
 
 import pytest
 
+from gateway import supervisor
 from gateway.app import Gateway
 from gateway.config import WebSection
 from simulators.example_site import example_site
@@ -58,3 +59,28 @@ async def test_a_task_that_fails_is_restarted_counted_and_alarmed_while_the_limi
         await rig.wait_meter(lambda p: LIMIT - 10.0 <= p <= LIMIT)
     finally:
         await rig.stop()
+
+
+async def test_the_stop_ends_even_when_a_task_swallows_its_cancellation(
+        monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    # As asyncio.wait_for does on 3.11 when the cancellation comes as its event is set (cpython
+    # gh-86296): the control loop ran on after the gateway was stopped, and CI's run hung in teardown.
+    monkeypatch.setattr(supervisor, "STOP_S", 0.2)
+    swallowed = asyncio.Event()
+
+    async def stubborn() -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                if swallowed.is_set():
+                    raise
+                swallowed.set()
+
+    sup = supervisor.Supervisor()
+    task = sup.spawn("stubborn", stubborn)
+    await asyncio.sleep(0)
+    async with asyncio.timeout(10):
+        await sup.stop()
+    assert swallowed.is_set() and task.cancelled()
+    assert "task stubborn still running" in caplog.text
