@@ -55,6 +55,7 @@ IDLE_KW = 0.05
 
 class Battery(PhysicsOutputs, SunSpecDevice):
     kind = "battery"
+    measurement_models = (701, 713, 802)
 
     def __init__(self, cfg: DeviceConfig) -> None:
         sim = cfg.sim

@@ -8,6 +8,8 @@ One JSON object per line each way; every request gets exactly one reply line, in
         modes: none | silent | exception (+ "code", default 4) | slow (+ "delay_s", default 2)
                | reboot (+ "duration_s", default 3)
                | stuck (answers, takes writes, output does not follow them; not the meter)
+               | nan (measurements read NaN or the closest the type has) | garbage (random measurements)
+               | bad_sf (+ "sf", default 32767: every scale factor outside -10…10)
     {"cmd": "irradiance", "pu": 0.5}                    → {"ok": true}
     {"cmd": "load", "kw": 100}                          → {"ok": true}
     anything wrong                                      → {"ok": false, "error": "..."}
@@ -26,7 +28,7 @@ if TYPE_CHECKING:
     from simulators.site import SiteSimulator
 
 CONTROL_HOST = "127.0.0.1"
-_FAULT_OPTS = ("code", "delay_s", "duration_s")
+_FAULT_OPTS = ("code", "delay_s", "duration_s", "sf")
 
 
 class ControlError(Exception):
@@ -92,8 +94,9 @@ class ControlServer:
             if name not in self.site.devices:
                 raise ValueError(f"unknown device {name!r}; devices: {', '.join(self.site.devices)}")
             opts = {k: msg[k] for k in _FAULT_OPTS if k in msg}
-            if "code" in opts:
-                opts["code"] = int(opts["code"])
+            for key in ("code", "sf"):
+                if key in opts:
+                    opts[key] = int(opts[key])
             self.site.devices[name].set_fault(str(msg.get("mode")), **opts)
             return {}
         raise ValueError(f"unknown cmd {cmd!r}; one of state, site, fault, irradiance, load")

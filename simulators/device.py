@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
@@ -10,8 +11,8 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from gateway.config import DeviceConfig
-from gateway.south.sunspec_models import Value
-from simulators.faults import BehaviourMode, check_mode
+from gateway.south.sunspec_models import PointDef, Value, encode
+from simulators.faults import BAD_SF, WIRE_FAULTS, BehaviourMode, check_bad_sf, check_mode, splice
 from simulators.modbus_server import FAULT_MODES, FaultMode, ModbusEndpoint
 from simulators.sunspec_map import SunSpecMap, map_quirks
 
@@ -24,6 +25,11 @@ SIM_VERSION = "0.1.0"
 
 ENABLED = 1
 DISABLED = 0
+
+# The point types a measurement has (what the nan and garbage faults change): numbers, not enums,
+# bitfields, scale factors or strings.
+MEASURED_TYPES = frozenset({"int16", "uint16", "int32", "uint32", "int64", "uint64", "acc16", "acc32",
+                            "acc64", "float32", "float64"})
 
 
 @dataclass
@@ -109,7 +115,9 @@ class SunSpecDevice:
 
     kind: ClassVar[str]
     # the comms faults of its endpoint, and what the device itself can do wrong (`simulators.faults`)
-    fault_modes: ClassVar[tuple[str, ...]] = (*FAULT_MODES, "stuck")
+    fault_modes: ClassVar[tuple[str, ...]] = (*FAULT_MODES, "stuck", "nan", "bad_sf", "garbage")
+    # the models whose read-only numbers are measurements (the nan and garbage faults change them)
+    measurement_models: tuple[int, ...]
 
     def __init__(
         self,
@@ -127,6 +135,8 @@ class SunSpecDevice:
         }
         self._endpoint: ModbusEndpoint | None = None
         self._behaviour: BehaviourMode = "none"
+        self._bad_sf = BAD_SF
+        self._rng = random.Random(cfg.id)  # garbage: a repeatable draw for each device
         self._started = time.monotonic()
 
     # --- RegisterBank (served by the endpoint) ------------------------------------------------------
@@ -140,7 +150,11 @@ class SunSpecDevice:
         return self.map.end
 
     def read(self, address: int, count: int) -> list[int]:
-        return self.map.read(address, count)
+        regs = self.map.read(address, count)
+        if self._behaviour in WIRE_FAULTS:
+            for start, point in self._faulty_points():
+                splice(regs, address, start, self._bad_words(point))
+        return regs
 
     def write(self, address: int, values: list[int]) -> list[int]:
         applied, touched = self.map.write(address, values)
@@ -169,7 +183,7 @@ class SunSpecDevice:
         return self._behaviour == "stuck"
 
     def set_fault(
-        self, mode: str, *, code: int = 4, delay_s: float = 2.0, duration_s: float = 3.0
+        self, mode: str, *, code: int = 4, delay_s: float = 2.0, duration_s: float = 3.0, sf: int = BAD_SF
     ) -> None:
         """Make the device misbehave (or stop misbehaving with mode 'none'); one fault at a time.
 
@@ -180,15 +194,19 @@ class SunSpecDevice:
         commands) return to their power-on values and its pending reversions are cancelled; then it
         serves again, fault-free. Physics keeps running throughout: only the comms reboot.
         stuck (not the meter): answers and accepts writes, but the output keeps following the controls
-        in force when the fault was set (`simulators.faults`).
+        in force when the fault was set. nan: the measurements read SunSpec's not-implemented
+        sentinel. bad_sf: every scale factor reads `sf`. garbage: the measurements read random words.
+        (`simulators.faults`)
         """
         if self._endpoint is None:
             raise RuntimeError(f"{self.id} is not being served")
         check_mode(mode, self.fault_modes, f"a simulated {self.kind}")
-        if mode == "stuck":
+        if mode in ("stuck", *WIRE_FAULTS):
+            self._bad_sf = check_bad_sf(sf)
             self._endpoint.inject(self.cfg.unit_id, "none")
-            self._hold_controls()
-            self._behaviour = "stuck"
+            if mode == "stuck":
+                self._hold_controls()
+            self._behaviour = mode  # type: ignore[assignment]  # checked against fault_modes
             return
         self._endpoint.inject(self.cfg.unit_id, mode, code=code, delay_s=delay_s, duration_s=duration_s,
                               on_reboot=self.reset_volatile)
@@ -196,6 +214,21 @@ class SunSpecDevice:
 
     def _hold_controls(self) -> None:
         """Take the controls in force now from the map: a stuck device's physics keeps them."""
+
+    def _faulty_points(self) -> list[tuple[int, PointDef]]:
+        """(address, point) of every point the wire fault in force changes."""
+        if self._behaviour == "bad_sf":
+            return [(a, p) for _, _, a, p in self.map.points() if p.type == "sunssf"]
+        return [(a, p) for mid, name, a, p in self.map.points()
+                if mid in self.measurement_models and p.access == "R" and p.type in MEASURED_TYPES
+                and name not in ("ID", "L")]  # the model header stays: the map is still found
+
+    def _bad_words(self, point: PointDef) -> list[int]:
+        if self._behaviour == "bad_sf":
+            return encode(point, self._bad_sf)
+        if self._behaviour == "nan":
+            return encode(point, None)
+        return [self._rng.getrandbits(16) for _ in range(point.size)]
 
     def reset_volatile(self) -> None:
         for (mid, name), raw in self._power_on.items():

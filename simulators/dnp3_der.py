@@ -14,14 +14,17 @@ Points (indices and default event classes from shared/reference/an2018/; value =
 Reversion (AN2018: a timeout per mode, no reversion value): when AO85 seconds pass without a write to
 AO85, AO88 or BO17, the limit mode turns off (full output); when AO17 seconds pass without a write to
 AO17 or BO5, the switch goes back to its default, closed. A stuck device (fault "stuck") takes commands
-and reads them back, but its output keeps the limit and switch it had. A reboot (fault "reboot") drops
-the link and resets these volatile settings to their power-on values: limit off at 100 %, no reversion,
+and reads them back, but its output keeps the limit and switch it had; faults "nan" and "garbage" change
+what the measurements (AI43, AI536, AI537, AI541, AI553) show: flagged OVER_RANGE at 2^31 - 1, or random
+int32 values. A reboot (fault "reboot") drops the link and resets these volatile settings to their
+power-on values: limit off at 100 %, no reversion,
 switch closed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import time
 from collections import deque
 from typing import Any
@@ -45,7 +48,9 @@ POINTS = PointSpec(
     analog_outputs={AO_CONNECT_REVERSION: (0, 2**31 - 1), AO_REVERSION: (0, 2**31 - 1), AO_LIMIT: (0, 1000)},
 )
 FULL = 1000  # AO88 at power-on: 100.0 %
-FAULT_MODES = ("none", "silent", "reboot", "stuck")
+FAULT_MODES = ("none", "silent", "reboot", "stuck", "nan", "garbage")
+MEASURED = (AI_W, AI_VAR, AI_HZ, AI_V, AI_AVAILABLE)  # what the nan and garbage faults change
+INT32_MAX = 2**31 - 1  # g30v1's largest value: what an over-range point shows
 
 
 def _deadline(timeout_s: float) -> float | None:
@@ -69,6 +74,8 @@ class Dnp3PvInverter(PhysicsOutputs):
         self._reboot: asyncio.Task[None] | None = None
         # stuck: the (limit enabled, AO88 raw, switch closed) in force when the fault was set
         self._held: tuple[bool, float, bool] | None = None
+        self._wire_fault: str | None = None  # nan or garbage: what the measurements show
+        self._rng = random.Random(cfg.id)
         self._reset_volatile()
         self.step(time.monotonic())  # publish the first measurements before anyone can read
 
@@ -139,7 +146,12 @@ class Dnp3PvInverter(PhysicsOutputs):
             AI_CONNECT_REVERSION: self.connect_reversion_s,
         }
         for index, value in analogs.items():
-            s.set_analog(index, round(value))
+            if index in MEASURED and self._wire_fault == "nan":
+                s.set_analog(index, INT32_MAX, over_range=True)
+            elif index in MEASURED and self._wire_fault == "garbage":
+                s.set_analog(index, self._rng.randint(-INT32_MAX - 1, INT32_MAX))
+            else:
+                s.set_analog(index, round(value))
         s.set_analog(AO_LIMIT, self.limit_raw)
         s.set_analog(AO_REVERSION, self.reversion_s)
         s.set_analog(AO_CONNECT_REVERSION, self.connect_reversion_s)
@@ -163,17 +175,21 @@ class Dnp3PvInverter(PhysicsOutputs):
     def fault(self) -> str:
         if self._reboot is not None and not self._reboot.done():
             return "reboot"
+        if self._wire_fault is not None:
+            return self._wire_fault
         return "stuck" if self._held is not None else "silent" if self.server.silent else "none"
 
     def set_fault(self, mode: str, *, duration_s: float = 3.0, **_ignored: float) -> None:
         """silent: requests are read and never answered. reboot: the link drops, the port refuses
         connections for `duration_s`, the volatile settings return to their power-on values, then it
         serves again. stuck: answers and takes commands (read back as given), but the output keeps
-        the limit and switch in force when the fault was set (`simulators.faults`). none: back to
-        normal. One fault at a time; physics keeps running throughout."""
+        the limit and switch in force when the fault was set. nan: the measurements are flagged
+        OVER_RANGE at 2^31 - 1. garbage: they read random int32 values (`simulators.faults`). none:
+        back to normal. One fault at a time; physics keeps running throughout."""
         check_mode(mode, FAULT_MODES, "a DNP3 device")
         self.server.silent = mode == "silent"
         self._held = self._controls() if mode == "stuck" else None
+        self._wire_fault = mode if mode in ("nan", "garbage") else None
         if mode == "reboot":
             self._reset_volatile()
             self._reboot = asyncio.get_running_loop().create_task(self.server.restart(duration_s))

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dnp3.core.enums import CommandStatus, ControlCode
+from dnp3.core.flags import AnalogQuality
 from dnp3.database import Database, DatabaseConfig
 from dnp3.database.point import (
     AnalogInputConfig,
@@ -180,9 +181,12 @@ class OutstationServer:
         else:
             self.database.update_binary_output(index, value)
 
-    def set_analog(self, index: int, value: float) -> None:
+    def set_analog(self, index: int, value: float, *, over_range: bool = False) -> None:
+        """An analog's value; `over_range` flags an input OVER_RANGE (IEEE 1815: the value is then the
+        largest the variation holds), as a device does for a measurement it cannot make."""
         if index in self.points.analog_inputs:
-            self.database.update_analog_input(index, value)
+            quality = AnalogQuality.ONLINE | AnalogQuality.OVER_RANGE if over_range else None
+            self.database.update_analog_input(index, value, quality)
         else:
             self.database.update_analog_output(index, value)
 

@@ -93,6 +93,7 @@ class PvInverter(PhysicsOutputs, SunSpecDevice):
     def __init__(self, cfg: DeviceConfig, irradiance_pu: float) -> None:
         self.rated_kw = cfg.sim.rated_kw
         self.legacy = cfg.sim.variant == "legacy"
+        self.measurement_models = (103, 122) if self.legacy else (701,)
         self.irradiance_pu = irradiance_pu
         self._scale = Scale.for_rating(self.rated_kw)
         if self.legacy:

@@ -27,7 +27,8 @@ PHASES = ("phA", "phB", "phC")
 
 class PccMeter(SunSpecDevice):
     kind = "meter"
-    fault_modes = FAULT_MODES  # it takes no commands: nothing to be stuck in
+    fault_modes = (*FAULT_MODES, "nan", "bad_sf", "garbage")  # no stuck: it takes no commands
+    measurement_models = (203,)
 
     def __init__(self, cfg: DeviceConfig, max_kw: float) -> None:
         """`max_kw`: the largest |power| the site can see at the PCC; it sets the scale factors."""

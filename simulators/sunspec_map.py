@@ -201,6 +201,10 @@ class SunSpecMap:
             self.controls_version += 1
         return applied, touched
 
+    def points(self) -> Iterable[tuple[int, str, int, PointDef]]:
+        """(model id, point name, address, definition) of every point of the map."""
+        return ((mid, name, address, p) for (mid, name), (address, p) in self._points.items())
+
     def writable_points(self) -> Iterable[tuple[int, str]]:
         return (key for key, (addr, _) in self._points.items() if self._writable[addr - self.base])
 

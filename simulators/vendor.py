@@ -16,6 +16,7 @@ drops back to its power-on value (no limit, or 0 W) that many seconds after its 
 from __future__ import annotations
 
 import itertools
+import random
 import time
 from collections import deque
 from collections.abc import Callable
@@ -37,21 +38,25 @@ from gateway.south.vendor_profile import (
 )
 from simulators.der_models import ES_DELAY_S, ES_RAMP_S, V_NOM_LN
 from simulators.device import device_state
-from simulators.faults import BehaviourMode, check_mode
+from simulators.faults import BAD_SF, WIRE_FAULTS, BehaviourMode, check_bad_sf, check_mode, splice
 from simulators.modbus_server import FAULT_MODES, BankError, FaultMode, ModbusEndpoint
 from simulators.physics import F_NOM, BatteryPhysics, InverterPhysics, LightInverterPhysics
 
 # What a register with a unit can hold at most, to choose the exponent of a scale register.
 _UNIT_MAX = {"%": 100.0, "V": 1000.0, "Hz": 100.0, "s": 86400.0}
+# The [read] quantities that are measurements (the nan and garbage faults change them), not ratings.
+_MEASURED = ("p_w", "q_var", "hz", "v", "available_w", "soc_pct")
 
 
 class VendorRegisters:
     """The register image of one vendor device: holding and input tables, laid out from its profile.
-    It is what the endpoint serves (a `RegisterBank`); `on_write` is told which registers a write set."""
+    It is what the endpoint serves (a `RegisterBank`); `on_write` is told which registers a write set,
+    and `on_read` may change what a read answers (table, first address, the registers) in place."""
 
     def __init__(self, profile: VendorProfile, on_write: Callable[[set[str]], None] | None = None) -> None:
         self.profile = profile
         self._on_write = on_write
+        self.on_read: Callable[[TableName, int, list[int]], None] | None = None
         self.tables: dict[TableName, dict[int, int]] = {"holding": {}, "input": {}}
         self._writable: set[int] = set()
         self._owner: dict[int, str] = {}  # holding address -> register name
@@ -79,7 +84,10 @@ class VendorRegisters:
 
     def read(self, address: int, count: int, table: TableName = "holding") -> list[int]:
         regs = self._served(table, address, count)
-        return [regs[a] for a in range(address, address + count)]
+        out = [regs[a] for a in range(address, address + count)]
+        if self.on_read is not None:
+            self.on_read(table, address, out)
+        return out
 
     def read_input(self, address: int, count: int) -> list[int]:
         return self.read(address, count, "input")
@@ -148,6 +156,9 @@ class VendorDevice:
         self._behaviour: BehaviourMode = "none"
         # stuck: the (W command, permit) in force when the fault was set, which the physics keeps
         self._held: tuple[float | None, bool] | None = None
+        self._bad_sf = BAD_SF
+        self._rng = random.Random(cfg.id)  # garbage: a repeatable draw for each device
+        self.regs.on_read = self._on_read
         if self.profile.power is not None:  # powered on: no limit (PV), idle (battery), nothing enabled
             pc = self.profile.power
             no_limit = 100.0 if pc.unit == "pct_of_rated" else self.rated_kw * 1000.0
@@ -216,8 +227,10 @@ class VendorDevice:
 
     @property
     def fault_modes(self) -> tuple[str, ...]:
-        """The endpoint's comms faults, and `stuck` for a device that takes commands."""
-        return FAULT_MODES if self.profile.power is None else (*FAULT_MODES, "stuck")
+        """The endpoint's comms faults, `stuck` for a device that takes commands, `nan` and `garbage`,
+        and `bad_sf` for a map with scale registers."""
+        return (*FAULT_MODES, *(["stuck"] if self.profile.power else []), "nan", "garbage",
+                *(["bad_sf"] if self._scale_registers else []))
 
     @property
     def fault(self) -> FaultMode | BehaviourMode:
@@ -225,19 +238,47 @@ class VendorDevice:
             return self._behaviour
         return "none" if self._endpoint is None else self._endpoint.fault_mode(self.cfg.unit_id)
 
-    def set_fault(self, mode: str, *, code: int = 4, delay_s: float = 2.0, duration_s: float = 3.0) -> None:
-        """As `simulators.device.SunSpecDevice.set_fault`; a reboot forgets the commands written."""
+    def set_fault(self, mode: str, *, code: int = 4, delay_s: float = 2.0, duration_s: float = 3.0,
+                  sf: int = BAD_SF) -> None:
+        """As `simulators.device.SunSpecDevice.set_fault`; a reboot forgets the commands written. nan:
+        the measurement registers read NaN (float32) or their type's largest value (integers)."""
         if self._endpoint is None:
             raise RuntimeError(f"{self.id} is not being served")
         check_mode(mode, self.fault_modes, f"a simulated {self.kind} (profile {self.cfg.profile!r})")
-        if mode == "stuck":
+        if mode in ("stuck", *WIRE_FAULTS):
+            self._bad_sf = check_bad_sf(sf)
             self._endpoint.inject(self.cfg.unit_id, "none")
-            self._held = (self._command_w(), self._permit)
-            self._behaviour = "stuck"
+            self._held = (self._command_w(), self._permit) if mode == "stuck" else None
+            self._behaviour = mode  # type: ignore[assignment]  # checked against fault_modes
             return
         self._endpoint.inject(self.cfg.unit_id, mode, code=code, delay_s=delay_s, duration_s=duration_s,
                               on_reboot=self.reset_volatile)
         self._behaviour, self._held = "none", None
+
+    @property
+    def _scale_registers(self) -> list[str]:
+        return sorted({r.scale_register for r in self.profile.registers.values() if r.scale_register})
+
+    def _on_read(self, table: TableName, address: int, regs: list[int]) -> None:
+        """A wire fault changes what a read answers, never the registers themselves."""
+        if self._behaviour not in WIRE_FAULTS:
+            return
+        if self._behaviour == "bad_sf":
+            names = self._scale_registers
+        else:
+            names = [n for f in _MEASURED if (n := getattr(self.profile.read, f)) is not None]
+        for name in names:
+            reg = self.profile.registers[name]
+            if reg.table == table:
+                splice(regs, address, reg.address, self._bad_words(reg))
+
+    def _bad_words(self, reg: Register) -> tuple[int, ...] | list[int]:
+        order = self.profile.order(reg)
+        if self._behaviour == "bad_sf":
+            return encode(reg, self._bad_sf, order)
+        if self._behaviour == "nan":
+            return encode(reg, float("nan") if reg.type == "float32" else RAW_RANGES[reg.type][1], order)
+        return [self._rng.getrandbits(16) for _ in range(reg.size)]
 
     def reset_volatile(self) -> None:
         for name, raw in self._power_on.items():

@@ -205,3 +205,62 @@ async def test_stuck_through_the_control_socket_and_not_for_the_meter(start_site
         assert sim.devices["pv1"].fault == "silent" and not sim.devices["pv1"].stuck
         await ctl.fault("pv1", "none")
         assert sim.devices["pv1"].fault == "none"
+
+
+@pytest.mark.parametrize("sf", [100, -100, 0x7FFF])
+async def test_bad_sf_serves_every_scale_factor_out_of_range_and_leaves_the_map_alone(pv1, sf: int) -> None:
+    sim, cfg, client = pv1
+    dev = sim.devices["pv1"]
+    w_sf = dev.map.address(701, "W_SF")
+    before = (await client.read_holding_registers(w_sf, count=1, device_id=cfg.unit_id)).registers
+    dev.set_fault("bad_sf", sf=sf)
+    assert dev.fault == "bad_sf"
+    for mid, name in ((701, "W_SF"), (702, "W_SF"), (704, "WMaxLimPct_SF")):
+        rr = await client.read_holding_registers(dev.map.address(mid, name), count=1, device_id=cfg.unit_id)
+        assert rr.registers == [sf & 0xFFFF]
+    assert dev.map.get(701, "W_SF") == before[0]  # the device itself keeps its scale factors
+    dev.set_fault("none")
+    assert (await client.read_holding_registers(w_sf, count=1, device_id=cfg.unit_id)).registers == before
+
+
+async def test_nan_and_garbage_change_the_measurements_on_the_wire_only(pv1) -> None:
+    sim, cfg, client = pv1
+    dev = sim.devices["pv1"]
+    w, hz = dev.map.address(701, "W"), dev.map.address(701, "Hz")
+
+    async def regs(address: int, count: int = 1) -> list[int]:
+        return (await client.read_holding_registers(address, count=count, device_id=cfg.unit_id)).registers
+
+    good_w = await regs(w)
+    dev.set_fault("nan")  # an int16 cannot be NaN: it reads SunSpec's "not implemented"
+    assert await regs(w) == [0x8000] and await regs(hz) == [0xFFFF]
+    assert await regs(dev.map.address(701, "W_SF")) != [0x8000]  # scale factors are not measurements
+    assert await regs(dev.map.address(702, "WMaxRtg")) != [0x8000]  # nor are ratings
+    dev.set_fault("garbage")
+    draws = {tuple(await regs(w, 40)) for _ in range(5)}
+    assert len(draws) == 5, "a new draw on every read"
+    dev.set_fault("none")
+    assert await regs(w) == good_w
+    with pytest.raises(ValueError, match="a bad scale factor is outside"):
+        dev.set_fault("bad_sf", sf=3)
+    assert dev.fault == "none"  # refused: nothing changed
+
+
+async def test_value_faults_through_the_control_socket(start_site) -> None:
+    sim: SiteSimulator = await start_site()
+    port = sim.site.simulator.control_port
+    assert port is not None
+    async with ControlClient(port) as ctl:
+        await ctl.fault("meter", "bad_sf", sf=-100)
+        assert sim.meter.fault == "bad_sf"
+        reg = sim.meter.map.address(203, "W_SF")
+        assert sim.meter.read(reg, 1) == [-100 & 0xFFFF]
+        await ctl.fault("meter", "nan")
+        assert sim.meter.read(sim.meter.map.address(203, "W"), 1) == [0x8000]
+        await ctl.fault("pv3", "nan")  # DNP3
+        assert sim.devices["pv3"].fault == "nan"
+        with pytest.raises(ControlError, match="unknown fault mode 'bad_sf' for a DNP3 device"):
+            await ctl.fault("pv3", "bad_sf")  # DNP3 points carry no scale factors
+        await ctl.fault("pv3", "none")
+        await ctl.fault("meter", "none")
+        assert sim.meter.read(reg, 1) != [-100 & 0xFFFF]
