@@ -238,12 +238,11 @@ class _Soe(o.ISOEHandler):
                 return
             first = values[0].value
             if isinstance(first, o.Binary):
-                target = self._stack.binaries
-            elif isinstance(first, o.Analog):
-                target = self._stack.analogs
-            else:
-                return  # output status: the AN2018 profile reads commands back on inputs
-            _post(self._stack.loop, target.update, {v.index: v.value.value for v in values})
+                _post(self._stack.loop, self._stack.binaries.update, {v.index: v.value.value for v in values})
+            elif isinstance(first, o.Analog):  # with its flags: a value flagged over range is no value
+                _post(self._stack.loop, self._stack._analogs_in,
+                      {v.index: (v.value.value, v.value.flags.value) for v in values})
+            # else output status: the AN2018 profile reads commands back on inputs
         except Exception:
             log.exception("DNP3 %s: measurement handler failed", self._stack.name)
 
@@ -291,9 +290,10 @@ class _MasterApp(o.IMasterApplication):
 
 class MasterStack:
     """A DNP3 master on a TCP client channel that reconnects by itself (RETRY_MIN_S doubling to
-    `retry_max_s`). `binaries` and `analogs` hold the last value of every input point seen, updated on
-    the loop (unless `keep_values` is False: a master that only measures an outstation); `generation`
-    grows whenever the link opens or the outstation reports a restart, so a user can tell that volatile
+    `retry_max_s`). `binaries` and `analogs` hold the last value of every input point seen (and
+    `analog_flags` the quality flags of each analog, IEEE 1815 Table 4-8), updated on the loop
+    (unless `keep_values` is False: a master that only measures an outstation); `generation` grows
+    whenever the link opens or the outstation reports a restart, so a user can tell that volatile
     settings on the outstation may be gone."""
 
     def __init__(self, *, name: str, host: str, port: int, address: int, outstation_address: int,
@@ -306,6 +306,7 @@ class MasterStack:
         self._keep_values = keep_values
         self.binaries: dict[int, bool] = {}
         self.analogs: dict[int, float] = {}
+        self.analog_flags: dict[int, int] = {}
         self.generation = 0
         self.open = False
         self.loop: asyncio.AbstractEventLoop | None = None  # set by start()
@@ -415,6 +416,10 @@ class MasterStack:
         fut = self._waiters.pop(self._completed, None)
         if fut is not None:
             _settle(fut, result)
+
+    def _analogs_in(self, values: Mapping[int, tuple[float, int]]) -> None:
+        for index, (value, flags) in values.items():
+            self.analogs[index], self.analog_flags[index] = value, flags
 
     def _link(self, is_open: bool) -> None:
         if is_open and not self.open:

@@ -293,9 +293,9 @@ class BusDevice(Device):
     # --- reading ------------------------------------------------------------------------------------
 
     def _reading_from(self, q: Quantities, image: RegisterImage) -> Reading:
-        """A `Reading` in the gateway's sign convention, with what the device does not say estimated."""
-        if q.p_w is None:
-            raise DeviceFault(self.id, "the device reports its active power as not implemented")
+        """A `Reading` in the gateway's sign convention, with what the device does not say estimated;
+        `q` as `Device._checked` made it (usable values only, the active power among them)."""
+        assert q.p_w is not None  # `_checked` fails a reading without it
         sign, rated_w = self._sign, q.rated_w
         available_w, max_charge_w = q.available_w, 0.0
         if self._kind == "pv" and available_w is None and rated_w:

@@ -5,11 +5,20 @@ device, so a silent device never delays the others), and `await device.write(cmd
 command changes (calling it every cycle with the same command is fine and costs no I/O).
 
 None of the four raises for device trouble: `connect()` and `write()` return False, `read()` returns
-None, and the cause is in `last_error` (a `DeviceOffline` or a `DeviceFault`). Comms supervision
-lives here, once for every protocol: a failed read (or an unanswered write) marks the device offline;
-while offline, `read()` returns None at once until its backoff delay (0.5 s doubling to 30 s) has
-passed, then makes one recovery attempt (reconnect, re-discover, re-apply the last command), and the
-first good read brings it back online.
+None, and the cause is in `last_error` (a `DeviceOffline` or a `DeviceFault`). Whatever a driver meets,
+nothing else leaves them: an exception no driver foresaw is logged with its traceback and becomes a
+`DeviceFault`, so one bad value or driver bug fails that device, never the gateway.
+
+Every value a driver passes on has been checked (`plausible`): finite, decodable (scale factors within
+SunSpec's -10…10), physically possible for the device. A reading without a usable active power is a
+`DeviceFault` naming the point, its raw value and why (the device then counts as not answering); other
+quantities that are unusable are reported as None, logged when that starts and when it ends.
+A `Reading` never holds a number that is not finite.
+
+Comms supervision lives here, once for every protocol: a failed read (or an unanswered write) marks the
+device offline; while offline, `read()` returns None at once until its backoff delay (0.5 s doubling to
+30 s) has passed, then makes one recovery attempt (reconnect, re-discover, re-apply the last command),
+and the first good read brings it back online.
 
 A written command stays in force until the next `write()` or `close()`: `read()` keeps it alive by
 rewriting it before the device's reversion timer can run out, and reads back what the device holds
@@ -27,14 +36,18 @@ generation, battery discharge); for the meter, positive = export from the site t
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
 from typing import Literal, Protocol, TypeVar
 
 from gateway.south.backoff import Backoff
+from gateway.south.plausible import MAX_W, Sample, Unusable, pick, power_bound_w
+
+log = logging.getLogger(__name__)
 
 Kind = Literal["pv", "battery", "meter"]
 WritePurpose = Literal["setpoint", "refresh", "reapply", "connect", "heartbeat"]
@@ -58,6 +71,18 @@ class Reading:
     limit_pct: float | None  # PV: active power limit in force, % of rated_kw; None = no limit
     setpoint_kw: float | None  # the command in force, in Command.p_kw terms (PV: limit in kW)
     at: float  # time.monotonic() when the read completed
+
+
+_FLOAT_FIELDS = tuple(f.name for f in fields(Reading) if "float" in str(f.type))
+
+
+def _check_finite(reading: Reading) -> Reading:
+    """`reading`, or ValueError (a driver bug) naming a field that is not a finite number."""
+    for name in _FLOAT_FIELDS:
+        value = getattr(reading, name)
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"the driver made a reading with {name} = {value}")
+    return reading
 
 
 class Command(Protocol):
@@ -170,6 +195,7 @@ class Device(ABC):
         self._last_error: DeviceError | None = None
         self._last_reading: Reading | None = None
         self._command: Setpoint | None = None
+        self._unusable: set[str] = set()  # the quantities not reported now (logged when they stopped)
 
     # --- what the control loop sees -----------------------------------------------------------------
 
@@ -212,6 +238,9 @@ class Device(ABC):
         except DeviceError as err:
             self._failed(err, offline=True)
             return False
+        except Exception as err:
+            self._failed(self._unforeseen(err, "connect"), offline=True)
+            return False
         self._mark_online()
         return True
 
@@ -222,9 +251,12 @@ class Device(ABC):
                 if self._retry.wait_s(time.monotonic()) > 0:
                     return None
                 await self._recover()
-            reading = await self._read()
+            reading = _check_finite(await self._read())
         except DeviceError as err:
             self._failed(err, offline=True)
+            return None
+        except Exception as err:
+            self._failed(self._unforeseen(err, "read"), offline=True)
             return None
         self._last_reading = reading
         self._mark_online()
@@ -232,6 +264,8 @@ class Device(ABC):
             await self._keep_alive()
         except DeviceError as err:  # the reading stands; a device that stopped answering is offline
             self._failed(err, offline=isinstance(err, DeviceOffline))
+        except Exception as err:
+            self._failed(self._unforeseen(err, "keep-alive write"), offline=False)
         return reading
 
     async def write(self, cmd: Command) -> bool:
@@ -255,6 +289,9 @@ class Device(ABC):
         except DeviceError as err:
             self._failed(err, offline=isinstance(err, DeviceOffline))
             return False
+        except Exception as err:
+            self._failed(self._unforeseen(err, "write"), offline=False)
+            return False
         return True
 
     async def close(self) -> None:
@@ -263,6 +300,41 @@ class Device(ABC):
         await self._close()
 
     # --- for subclasses ------------------------------------------------------------------------------
+
+    def _checked(self, samples: Mapping[str, Iterable[Sample]]) -> dict[str, float | None]:
+        """The usable value of each quantity, from its samples in order of preference (`plausible`);
+        the rating first, which bounds the powers. DeviceFault when the active power (`p_w`) is not."""
+        rated, rated_problem = pick("rated_w", samples.get("rated_w", ()), MAX_W)
+        bound_w = power_bound_w(rated)
+        out: dict[str, float | None] = {"rated_w": rated}
+        problems = {"rated_w": rated_problem}
+        for field, field_samples in samples.items():
+            if field != "rated_w":
+                out[field], problems[field] = pick(field, field_samples, bound_w)
+        if out.get("p_w") is None:  # the whole reading fails: last_error says why, once
+            problem = problems.get("p_w")
+            if problem is None:
+                raise DeviceFault(self._id, "the device reports its active power as not implemented")
+            raise DeviceFault(self._id, f"{problem}; no reading without active power")
+        for field, problem in problems.items():
+            self._note_unusable(field, problem)
+        return out
+
+    def _note_unusable(self, field: str, problem: Unusable | None) -> None:
+        """Log when a quantity stops being usable, and when it is again (not on every read: garbage
+        would have a new cause each time)."""
+        if problem is None:
+            if field in self._unusable:
+                self._unusable.discard(field)
+                log.info("%s: %s reported again", self._id, field)
+        elif field not in self._unusable:
+            self._unusable.add(field)
+            log.warning("%s: %s not reported: %s", self._id, field, problem)
+
+    def _unforeseen(self, err: Exception, what: str) -> DeviceFault:
+        """A DeviceFault for an exception no driver foresaw (a bug: logged with its traceback)."""
+        log.error("%s: %s failed on an unexpected %s", self._id, what, type(err).__name__, exc_info=err)
+        return DeviceFault(self._id, f"{what} failed: {type(err).__name__}: {err}")
 
     def _record(self, record: WriteRecord) -> None:
         if self._on_write is not None:

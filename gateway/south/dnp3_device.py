@@ -6,6 +6,11 @@ other read; the reading is built from the last value of each point, so an unchan
 on the wire. A poll that gets no answer (response timeout, link down) raises DeviceOffline, and the
 `Device` supervision takes over (offline, backoff, recovery); opendnp3 reconnects the TCP link by itself.
 
+Values are checked as the Modbus drivers check them (`plausible`): an analog flagged off line, restarted,
+over range, comms lost or failing its reference check is unusable, and so is a value that is not finite
+or not physically possible; the quantity is then not reported, and a reading without a usable active
+power fails, naming the point and its raw value.
+
 Writes: the active power limit as AO85 (reversion timeout), AO88 (setpoint), BO17 ON; the connect
 command as AO17 (its reversion timeout, 0) and BO5. What changed of each is written when the command
 changes; both are refreshed every `REFRESH_FRACTION` × the reversion timeout, and written again in full
@@ -45,8 +50,13 @@ from gateway.south.device import (
     WriteRecord,
     due_writes,
 )
+from gateway.south.plausible import MAX_W, Sample, pick
 from gateway.south.profile import PROFILES_DIR, ROLE_OF_KIND, ProfileError
 from gateway.south.sunspec_device import REFRESH_FRACTION
+
+# IEEE 1815 analog quality flags: a value is good only ONLINE and without any of the others below
+_ONLINE = 0x01
+_BAD_FLAGS = {0x02: "RESTART", 0x04: "COMM_LOST", 0x20: "OVER_RANGE", 0x40: "REFERENCE_ERR"}
 
 
 class _Strict(BaseModel):
@@ -187,23 +197,38 @@ class Dnp3Device(Device):
         if integrity:
             self._integrity_at = self._polled_at
 
-    def _value(self, point: Analog | None) -> float | None:
-        if point is None or point.index not in self._master.analogs:
-            return None
-        return self._master.analogs[point.index] * point.scale
+    def _sample(self, point: Analog) -> Sample:
+        """An analog input as last reported, unusable or not (see `plausible.Sample`)."""
+        label, raw = f"AI{point.index}", self._master.analogs.get(point.index)
+        if raw is None:
+            return Sample(label, None, None)
+        flags = self._master.analog_flags.get(point.index, _ONLINE)
+        bad = [name for bit, name in _BAD_FLAGS.items() if flags & bit]
+        if not flags & _ONLINE:
+            bad.insert(0, "not ONLINE")
+        if bad:
+            return Sample(label, raw, None, f"flagged {', '.join(bad)}")
+        return Sample(label, raw, raw * point.scale)
+
+    def _value(self, field: str, point: Analog | None) -> float | None:
+        """The usable value of one quantity (None if not reported or not usable), for commands."""
+        return None if point is None else pick(field, [self._sample(point)], MAX_W)[0]
 
     def _reading(self) -> Reading:
         rd, st, bi = self._profile.read, self._profile.status, self._master.binaries
-        p_w, rated_w = self._value(rd.p_w), self._value(rd.rated_w)
-        if p_w is None:
-            raise DeviceFault(self.id, f"the device does not report its active power (AI{rd.p_w.index})")
-        q_var, v, v_nom, available_w = map(self._value, (rd.q_var, rd.v, rd.v_nominal, rd.available_w))
-        limit_pct = self._value(rd.limit_pct) if bi.get(st.limit_enabled) else None
+        points = {"p_w": rd.p_w, "q_var": rd.q_var, "hz": rd.hz, "v": rd.v, "v_nominal": rd.v_nominal,
+                  "rated_w": rd.rated_w, "available_w": rd.available_w}
+        if bi.get(st.limit_enabled):
+            points["limit_pct"] = rd.limit_pct
+        values = self._checked({f: [self._sample(p)] for f, p in points.items() if p is not None})
+        p_w, rated_w, limit_pct = values["p_w"], values["rated_w"], values.get("limit_pct")
+        assert p_w is not None  # _checked: no reading without it
+        q_var, v, v_nom, available_w = (values.get(f) for f in ("q_var", "v", "v_nominal", "available_w"))
         return Reading(
             p_kw=p_w / 1000,
             q_kvar=None if q_var is None else q_var / 1000,
             v_pu=v / v_nom if v is not None and v_nom else None,
-            hz=self._value(rd.hz),
+            hz=values.get("hz"),
             available_kw=None if available_w is None else available_w / 1000,
             max_charge_kw=0.0,
             rated_kw=None if rated_w is None else rated_w / 1000,
@@ -237,7 +262,7 @@ class Dnp3Device(Device):
         cmd = self._command
         assert cmd is not None
         rated = self._profile.read.rated_w
-        rated_w = self._value(rated)
+        rated_w = self._value("rated_w", rated)
         if not rated_w:
             raise DeviceFault(self.id, f"cannot command: the device reports no rated power (AI{rated.index})")
         pw, cc = self._profile.power, self._profile.connect

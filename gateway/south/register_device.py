@@ -7,6 +7,11 @@ profile allows (`max_read_gap`: vendor maps have holes that devices answer with 
 table (FC3 holding, FC4 input), and include the scale registers and the readable command registers,
 so a scale that changes is never applied to the wrong value and a command the device lost is seen.
 
+Values are checked as the SunSpec driver checks them (`plausible`): a float32 that is NaN or infinite,
+a scale register beyond ±10, a value the device cannot physically have is unusable; the quantity is
+then not reported, and a reading without a usable active power fails, naming the register and its raw
+value.
+
 Commands, refreshes, re-applying after a reconnect, offline handling and the write journal are
 `BusDevice`'s, shared with the SunSpec driver. A command outside a register's valid range is clamped
 to it (the profile's `min`/`max`), never written as given.
@@ -22,6 +27,7 @@ from gateway.config import DeviceConfig
 from gateway.south.bus_device import BusDevice, PointWrite, Quantities, RegisterImage, coalesce
 from gateway.south.device import DeviceFault, Reading, Setpoint
 from gateway.south.modbus_client import Table
+from gateway.south.plausible import MAX_W, Sample, pick
 from gateway.south.vendor_profile import (
     SF_EXPONENT_LIMIT,
     Register,
@@ -32,6 +38,8 @@ from gateway.south.vendor_profile import (
     scale_of,
     to_raw,
 )
+
+_NOT_IMPLEMENTED_SF = -0x8000  # a scale register read as SunSpec's int16 "not implemented"
 
 
 class RegisterDevice(BusDevice):
@@ -77,13 +85,15 @@ class RegisterDevice(BusDevice):
 
     async def _discover(self) -> None:
         # Nothing to find; the first read proves that the device answers and holds the profile's map.
-        self._discovered()
         try:
             await self._read_image()
         except DeviceFault as err:  # exception 2 on a mapped register, most likely
             cause = str(err).removeprefix(f"{self.id}: ")
             hint = f"does the device match profile {self._cfg.profile!r}?"
             raise DeviceFault(self.id, f"{cause} ({hint})") from err
+        # after that read, which opened the connection: the next read must not take the connection for
+        # a new one (and discover and re-apply everything again)
+        self._discovered()
 
     async def _read_image(self) -> RegisterImage:
         started = time.monotonic()
@@ -97,37 +107,37 @@ class RegisterDevice(BusDevice):
 
     def _reading(self, image: RegisterImage) -> Reading:
         p = self._profile
-        read = {field: None if ref is None else self._value(ref, image)
-                for field, ref in p.read if field != "connected"}
+        samples = {field: [self._sample(ref, image)] for field, ref in p.read
+                   if ref is not None and field != "connected"}
+        samples.update(self._read_back(image))
         connected = None
         if p.read.connected is not None:
             raw = self._raw(p.read.connected.reg, image)
             connected = raw in p.read.connected.true_if
-        limit_pct, setpoint_w = self._read_back(image)
-        return self._reading_from(Quantities(**read, connected=connected, limit_pct=limit_pct,
-                                             setpoint_w=setpoint_w), image)
+        return self._reading_from(Quantities(**self._checked(samples), connected=connected), image)
 
-    def _read_back(self, image: RegisterImage) -> tuple[float | None, float | None]:
-        """(limit in %, setpoint in device W) in force, if the device lets us read its command."""
+    def _read_back(self, image: RegisterImage) -> dict[str, list[Sample]]:
+        """The command in force, if the device lets us read it: `limit_pct` (in %) or `setpoint_w` (in
+        device W); nothing when no command is in force."""
         pc = self._profile.power
         if pc is None or not self._profile.registers[pc.reg].readable:
-            return None, None
+            return {}
         enable = pc.enable
         if (enable is not None and self._profile.registers[enable.reg].readable
                 and self._raw(enable.reg, image) != enable.on):
-            return None, None
-        value = self._value(pc.reg, image)
-        if value is None:
-            return None, None
-        if pc.unit == "pct_of_rated":
-            # Without an enable, a limit at 100 % is the device's "no limit" (its power-on value).
-            return (None, None) if value >= 100 and pc.enable is None else (value, None)
-        return None, value
+            return {}
+        sample = self._sample(pc.reg, image)
+        if pc.unit == "W":
+            return {"setpoint_w": [sample]}
+        # Without an enable, a limit at 100 % is the device's "no limit" (its power-on value).
+        no_limit = pc.enable is None and sample.value is not None and sample.value >= 100
+        return {} if no_limit else {"limit_pct": [sample]}
 
     def _power_plan(self, cmd: Setpoint) -> tuple[PointWrite, ...]:
         pc, image = self._profile.power, self._image
         assert pc is not None and image is not None
-        rated = self._value(self._profile.read.rated_w, image) if self._profile.read.rated_w else None
+        rated_w = self._profile.read.rated_w
+        rated = pick("rated_w", [self._sample(rated_w, image)], MAX_W)[0] if rated_w else None
         writes = [self._point_write(pc.reg, self._power_target(cmd, pc.unit, rated), image, held=True)]
         if pc.reversion_timer is not None:
             assert rated  # _power_target refuses a device without one
@@ -161,20 +171,29 @@ class RegisterDevice(BusDevice):
         return decode(reg, image.regs(reg.address, reg.size, reg.table), self._profile.order(reg))
 
     def _scale(self, reg: Register, image: RegisterImage) -> float | None:
+        """The multiplier of a register; None when its scale register is not implemented (SunSpec's
+        int16 sentinel) or beyond a sane exponent."""
         exponent = None
         if reg.scale_register is not None:
             raw = self._raw(reg.scale_register, image)
-            # SunSpec's "not implemented" int16 and anything beyond a sane exponent: no usable scale
             exponent = int(raw) if isinstance(raw, int) and abs(raw) <= SF_EXPONENT_LIMIT else None
         return scale_of(reg, exponent)
 
-    def _value(self, name: str, image: RegisterImage) -> float | None:
-        """The engineering value of a numeric register; None when its scale register is unusable."""
-        reg = self._profile.registers[name]
-        raw, scale = self._raw(name, image), self._scale(reg, image)
-        if scale is None or isinstance(raw, str):
-            return None
-        return float(raw) * scale
+    def _sample(self, name: str, image: RegisterImage) -> Sample:
+        """A numeric register as read, unusable or not (see `plausible.Sample`)."""
+        reg, label = self._profile.registers[name], self._label(name)
+        raw = self._raw(name, image)
+        if isinstance(raw, str):
+            return Sample(label, repr(raw), None, "a string, not a number")
+        scale = self._scale(reg, image)
+        if scale is not None:
+            return Sample(label, raw, float(raw) * scale)
+        assert reg.scale_register is not None  # a register without one has a fixed scale
+        exponent = self._raw(reg.scale_register, image)
+        where = f"{raw} under {self._label(reg.scale_register)} = {exponent}"
+        if exponent == _NOT_IMPLEMENTED_SF:
+            return Sample(label, where, None)
+        return Sample(label, where, None, f"a scale exponent beyond ±{SF_EXPONENT_LIMIT}")
 
     def _point_write(
         self, name: str, value: float, image: RegisterImage, *, held: bool = False

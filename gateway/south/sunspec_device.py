@@ -8,7 +8,10 @@ are all present (IEEE 1547-2018 70x models before the legacy 10x/12x ones) and n
 Reads: every register the driver uses (values *and their scale factors*, which sit in the same model
 block) is read every cycle, in as few requests as possible (≤ 125 registers each, at most one per
 model block), so a scale factor that changes is never applied to the wrong value. Points the device
-marks not implemented read as None.
+marks not implemented read as None; a value under a scale factor outside -10…10, or one that is not
+finite or not plausible for the device (`plausible`), is unusable: the next point the profile names
+for that quantity is tried, and without one the quantity is not reported (a reading without active
+power fails, naming the point and its raw value).
 
 Writes: only the points the driver means to change, never a whole block: the value, fixed settings
 and the reversion value and timer first, then the enable, so the device never runs the new mode with
@@ -19,9 +22,8 @@ after a reconnect or a lost command) is decided by `BusDevice`, shared with the 
 from __future__ import annotations
 
 import math
-import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -37,6 +39,7 @@ from gateway.south.bus_device import (
 )
 from gateway.south.device import DeviceFault, Reading, Setpoint, WriteHook
 from gateway.south.modbus_client import ModbusExceptionResponse, ModbusUnit
+from gateway.south.plausible import MAX_W, Sample, Unusable, pick
 from gateway.south.profile import PowerControl, Profile, StatusPoint, Variant, load_profile
 from gateway.south.sunspec_models import (
     BASE_ADDRESSES,
@@ -44,8 +47,10 @@ from gateway.south.sunspec_models import (
     SUNS_MARKER,
     ModelDef,
     PointDef,
+    PointError,
     Value,
     apply_sf,
+    check_sf,
     decode,
     encode,
     model_def,
@@ -128,31 +133,60 @@ class Image(RegisterImage):
         self._raw: dict[int, Value | None] = {}
 
     def raw(self, point: Bound) -> Value | None:
+        """The raw value of `point`, None when not implemented; Unusable when its registers do not
+        decode (a string that is not UTF-8)."""
         # each point decoded once a read; a get with a default, not try/except KeyError or a test and a
         # lookup: a reading decodes a dozen points, thousands of readings a second at scale
         decoded = self._raw
         value = decoded.get(point.address, _UNREAD)
         if value is _UNREAD:
             pdef = point.pdef
-            value = decoded[point.address] = pdef.decode(self.regs(point.address, pdef.size))
+            regs = self.regs(point.address, pdef.size)
+            try:
+                value = decoded[point.address] = pdef.decode(regs)
+            except PointError as err:
+                raise Unusable(point.label, regs, str(err)) from None
         return value  # type: ignore[return-value]
 
     def exponent(self, point: Bound) -> int | None:
-        """The scale factor of `point`: 0 when unscaled, None when the device does not implement it."""
+        """The scale factor of `point`: 0 when unscaled, None when the device does not implement it;
+        Unusable when it is outside SunSpec's -10…10."""
         if point.sf is None:
             return 0
         if isinstance(point.sf, int):
             return point.sf
         raw = self.raw(point.sf)
-        return None if raw is None else int(raw)
-
-    def value(self, point: Bound) -> float | None:
-        raw = self.raw(point)
         if raw is None:
             return None
-        if isinstance(raw, str):
-            raise TypeError(f"{point.label} is a string, not a number")
-        return apply_sf(raw, self.exponent(point))
+        try:
+            return check_sf(int(raw))
+        except PointError as err:
+            raise Unusable(point.sf.label, raw, str(err)) from None
+
+    def value(self, point: Bound) -> float | None:
+        """The engineering value of `point`, None when not implemented; Unusable when it cannot be
+        decoded (a string, a scale factor outside -10…10, a number that is not finite)."""
+        raw = self.raw(point)
+        try:
+            return apply_sf(raw, self.exponent(point))
+        except PointError as err:
+            raise Unusable(point.label, raw, str(err)) from None
+
+    def sample(self, point: Bound) -> Sample:
+        """`point` as read, unusable or not (see `plausible.Sample`)."""
+        label = point.label
+        try:
+            raw = self.raw(point)
+        except Unusable as err:
+            return Sample(label, err.raw, None, err.why)
+        try:
+            sf = self.exponent(point)
+        except Unusable as err:  # its scale factor is the culprit: say both
+            return Sample(label, f"{raw} under {err.point} = {err.raw}", None, err.why)
+        try:
+            return Sample(label, raw, apply_sf(raw, sf), sf=sf or 0)
+        except PointError as err:
+            return Sample(label, raw, None, str(err), sf=sf or 0)
 
 
 class BoundMap:
@@ -330,8 +364,9 @@ class SunSpecDevice(BusDevice):
         return self._image
 
     def _first(self, field: str, image: RegisterImage) -> float | None:
+        """The first usable value of a quantity the profile reads (used by writes: the rating)."""
         assert isinstance(image, Image)
-        return _first_value(self._read_points[field], image)
+        return pick(field, map(image.sample, self._read_points[field]), MAX_W)[0]
 
     def _status(self, image: Image) -> bool | None:
         status = self._map.variant.read.connected if self._map else None
@@ -348,21 +383,19 @@ class SunSpecDevice(BusDevice):
 
     def _reading(self, image: RegisterImage) -> Reading:
         assert isinstance(image, Image)
-        limit_pct, setpoint_w = self._read_back(image)
-        # only the quantities this device has points for (a PV inverter has no state of charge)
-        values = {field: _first_value(points, image) for field, points in self._quantities}
-        return self._reading_from(Quantities(**values, connected=self._status(image), limit_pct=limit_pct,
-                                             setpoint_w=setpoint_w), image)
+        # only the quantities this device has points for (a PV inverter has no state of charge), each
+        # point decoded only if the ones before it were not usable
+        samples: dict[str, Iterable[Sample]] = {f: map(image.sample, ps) for f, ps in self._quantities}
+        samples.update(self._read_back(image))
+        return self._reading_from(Quantities(**self._checked(samples), connected=self._status(image)), image)
 
-    def _read_back(self, image: Image) -> tuple[float | None, float | None]:
-        """(limit in %, setpoint in device W) in force according to the device's control registers."""
+    def _read_back(self, image: Image) -> dict[str, list[Sample]]:
+        """The command in force according to the device's control registers: `limit_pct` (in %) or
+        `setpoint_w` (in device W), or nothing when no command is enabled."""
         pp = self._power_points
         if pp is None or image.raw(pp.enable) != pp.enable.pdef.symbols[pp.control.enabled]:
-            return None, None
-        value = image.value(pp.value)
-        if value is None:
-            return None, None
-        return (value, None) if pp.control.unit == "pct_of_rated" else (None, value)
+            return {}
+        return {"limit_pct" if pp.control.unit == "pct_of_rated" else "setpoint_w": [image.sample(pp.value)]}
 
     # --- writes -------------------------------------------------------------------------------------
 
@@ -410,16 +443,19 @@ class SunSpecDevice(BusDevice):
     def _point_write(self, point: Bound, raw: int, *, held: bool = False, rearms: bool = True) -> PointWrite:
         try:
             regs = tuple(encode(point.pdef, raw))
-        except struct.error:
+        except PointError:
             raise DeviceFault(self.id, f"value out of range for the point: {point.label}={raw}") from None
         return PointWrite(point.label, point.address, raw, regs, held=held, rearms=rearms)
 
     def _scaled(self, point: Bound, value: float, image: Image, *, down: bool = False) -> int:
         """The raw value of `value` under the point's scale factor, rounded (or `down`)."""
-        sf = image.exponent(point)
-        if sf is None:
-            raise DeviceFault(self.id, f"cannot write {point.label}: its scale factor is not implemented")
-        return math.floor(value / 10.0**sf + 1e-9) if down else to_raw(value, sf)
+        try:
+            sf = image.exponent(point)
+            if sf is None:
+                raise DeviceFault(self.id, f"cannot write {point.label}: its scale factor is not implemented")
+            return math.floor(value / 10.0**sf + 1e-9) if down else to_raw(value, sf)
+        except (Unusable, PointError) as err:  # a scale factor the device sent outside -10…10
+            raise DeviceFault(self.id, f"cannot write {point.label}: {err}") from None
 
     async def _after_apply(self, now: float) -> None:
         """715 ControllerHb: tells the DER its controller is alive; at most once a second."""
@@ -429,15 +465,6 @@ class SunSpecDevice(BusDevice):
         value = ((self._heartbeat or 0) + 1) % _HEARTBEAT_WRAP
         await self._write_points([self._point_write(point, value)], "heartbeat")
         self._heartbeat, self._heartbeat_at = value, now
-
-
-def _first_value(points: list[Bound], image: Image) -> float | None:
-    """The value of the first of `points` the device implements."""
-    for point in points:
-        value = image.value(point)
-        if value is not None:
-            return value
-    return None
 
 
 # The Quantities read from a point of their own (not connected, limit_pct, setpoint_w).

@@ -7,10 +7,15 @@ and the simulators both build on this module, so a register image and its reader
 Offsets are in registers from the model's first register (the `ID` point is at offset 0, `L` at 1).
 Non-repeating groups (704's `PFWInj`, …) are flattened as `Group.Point`; repeating groups (curves,
 battery strings) are left out: the gateway does not drive them.
+
+The codec takes whatever a device sends: registers that do not decode, scale factors outside SunSpec's
+-10…10 (`sunssf`), values a point's type cannot hold and numbers that are not finite raise `PointError`,
+and nothing else, so a driver can tell the user which point of which device is wrong.
 """
 
 from __future__ import annotations
 
+import math
 import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,9 +28,14 @@ import sunspec2.mdef as ss_mdef
 SUNS_MARKER = (0x5375, 0x6E53)  # "SunS"
 END_MODEL_ID = 0xFFFF
 BASE_ADDRESSES = (40000, 0, 50000)
+SF_RANGE = range(-10, 11)  # sunssf: "-10 … 10" (SunSpec information model); beyond it a value is garbage
 
 Value = int | float | str
 Decoder = Callable[[Sequence[int]], Value | None]
+
+
+class PointError(ValueError):
+    """A point value, its registers or its scale factor cannot be used; the message says why."""
 
 
 @dataclass(frozen=True)
@@ -106,7 +116,10 @@ def _decoder(point_type: str, size: int) -> Decoder:
     pack, data_to, is_impl = _registers(size).pack, info.data_to, info.is_impl
 
     def _decode(regs: Sequence[int]) -> Value | None:
-        value = data_to(pack(*regs))
+        try:
+            value = data_to(pack(*regs))
+        except (struct.error, ValueError) as err:  # a register outside 0…0xFFFF, a string not UTF-8
+            raise PointError(f"registers {list(regs)} do not decode as {point_type}: {err}") from None
         return value if is_impl(value) else None
 
     return _decode
@@ -122,18 +135,39 @@ def encode(point: PointDef, value: Value | None) -> list[int]:
     if value is None:
         return _to_regs(ss_mb.create_unimpl_value(point.type, point.size * 2))
     info = ss_mb.point_type_info[point.type]
-    if point.type == ss_mdef.TYPE_STRING:
-        return _to_regs(info.to_data(str(value), point.size * 2))
-    return _to_regs(info.to_data(value))
+    try:
+        if point.type == ss_mdef.TYPE_STRING:
+            return _to_regs(info.to_data(str(value), point.size * 2))
+        return _to_regs(info.to_data(value))
+    except (struct.error, TypeError, ValueError, OverflowError):
+        raise PointError(f"{value!r} does not fit {point.type}") from None
+
+
+def check_sf(sf: int) -> int:
+    """`sf` if it is a SunSpec scale factor (-10…10), else PointError."""
+    if sf not in SF_RANGE:
+        raise PointError(f"outside SunSpec's scale factors {SF_RANGE[0]}…{SF_RANGE[-1]}")
+    return sf
 
 
 def apply_sf(raw: Value | None, sf: int | None) -> float | None:
-    """Engineering value = raw × 10^sf; None when either side is not implemented."""
+    """Engineering value = raw × 10^sf; None when either side is not implemented.
+
+    PointError for a scale factor outside -10…10, a string, or a value that is not finite (float32 ±inf).
+    """
     if raw is None or sf is None:
         return None
-    return float(raw) * 10.0**sf
+    if isinstance(raw, str):
+        raise PointError(f"{raw!r} is a string, not a number")
+    value = float(raw) * 10.0 ** check_sf(sf)
+    if not math.isfinite(value):
+        raise PointError(f"{raw} is not a finite number")
+    return value
 
 
 def to_raw(value: float, sf: int) -> int:
-    """The raw integer to write for an engineering value under scale factor `sf`."""
-    return round(value / 10.0**sf)
+    """The raw integer to write for an engineering value under scale factor `sf` (PointError for a
+    scale factor outside -10…10 or a value that is not finite)."""
+    if not math.isfinite(value):
+        raise PointError(f"cannot scale {value}: not a finite number")
+    return round(value / 10.0 ** check_sf(sf))

@@ -226,3 +226,28 @@ async def test_dnp3_stuck_device_reads_the_limit_back_but_keeps_its_output(der: 
         await der.read_until(lambda r: abs(r.p_kw - 10.0) < 1.0)
     finally:
         stepping.cancel()
+
+
+async def test_dnp3_measurement_flagged_over_range_is_a_fault_naming_the_point(der: Der) -> None:
+    await der.read_until(lambda r: r.p_kw > 0)
+    der.sim.set_fault("nan")
+    await _until_offline(der)
+    err = str(der.dev.last_error)
+    assert err.startswith("pv-dnp3: AI537 = 2147483647")
+    assert "flagged OVER_RANGE; no reading without active power" in err
+    der.sim.set_fault("none")
+    r = await der.read_until(lambda r: r.p_kw > 0)
+    assert r.hz == pytest.approx(60.0)  # the flags are back to ONLINE too
+
+
+async def test_dnp3_garbage_measurements_never_escape_the_driver(der: Der) -> None:
+    await der.read_until(lambda r: True)
+    der.sim.set_fault("garbage")
+    for _ in range(10):
+        der.dev._retry.succeeded()  # no backoff between the reads
+        r = await der.dev.read()
+        assert r is not None or der.dev.last_error is not None
+        if r is not None:
+            assert abs(r.p_kw) <= 2 * RATED_KW and (r.hz is None or 40 <= r.hz <= 70)
+    der.sim.set_fault("none")
+    await der.read_until(lambda r: r.p_kw > 0 and r.hz == pytest.approx(60.0))

@@ -13,7 +13,7 @@ import pytest
 import pytest_asyncio
 
 from gateway.config import DeviceConfig
-from gateway.south.device import Setpoint, WriteRecord
+from gateway.south.device import DeviceFault, Setpoint, WriteRecord
 from gateway.south.modbus_client import BusSpec, ModbusExceptionResponse, ModbusPool
 from gateway.south.profile import PROFILES_DIR
 from gateway.south.register_device import RegisterDevice
@@ -267,3 +267,59 @@ async def test_stuck_vendor_inverter_reads_the_new_limit_back_but_keeps_its_outp
         site.sim.meter.set_fault("stuck")  # it takes no commands
     sim1.set_fault("none")
     await reading_of(hw1, "following again", lambda r: r.p_kw == pytest.approx(10.0, abs=0.5))
+
+
+@pytest.mark.parametrize(("profile", "raw", "why"), [
+    ("eastron_sdm630", "nan", "not a finite number"),  # float32: the meter sends NaN
+    ("carlo_gavazzi_em24", "2147483647", "2.14748e+08 W is beyond ±1e+08 W"),  # int32 saturated
+])
+async def test_nan_meter_reading_is_a_fault_naming_the_register_and_clears(
+    field_site, free_port, profile: str, raw: str, why: str
+) -> None:
+    site = await field_site([
+        {"id": "pv1", "kind": "pv", "port": free_port(), "sim": {"rated_kw": 50.0}},
+        {"id": "meter", "kind": "meter", "protocol": "modbus", "profile": profile, "port": free_port()},
+    ])
+    meter, sim = site.devices["meter"], site.sim.meter
+    assert await meter.read() is not None
+    sim.set_fault("nan")
+    assert await meter.read() is None and not meter.online
+    register = {"eastron_sdm630": "total_power", "carlo_gavazzi_em24": "w_sys"}[profile]
+    assert str(meter.last_error).startswith(f"meter: {profile}.{register} = {raw}: {why}")
+    assert str(meter.last_error).endswith("no reading without active power")
+    sim.set_fault("none")
+    await reading_of(meter, "back", lambda r: r.p_kw == pytest.approx(sim.p_kw, abs=0.2))
+
+
+async def test_scale_register_out_of_range_fails_reads_and_writes_cleanly(test_battery) -> None:
+    sim, dev, _ = test_battery
+    assert await dev.connect()
+    assert await dev.write(Setpoint(p_kw=-20.0))
+    sim.set_fault("bad_sf", sf=-0x7FFF)  # 10^-32767 is 0: every value 0, every write a division by zero
+    assert await dev.read() is None
+    err = str(dev.last_error)
+    assert err.startswith("b1: test_battery.power = ")
+    assert "under test_battery.w_sf = -32767: a scale exponent beyond ±10" in err
+    dev._retry.succeeded()  # retry at once: the recovery re-applies the command, without a usable rating
+    assert await dev.read() is None
+    assert str(dev.last_error) == "b1: cannot command: the device reports no rated power"
+    sim.set_fault("none")
+    await reading_of(dev, "back, charging", lambda r: r.setpoint_kw == pytest.approx(-20.0))
+
+
+async def test_garbage_from_a_vendor_inverter_never_escapes_the_driver(field_site, free_port) -> None:
+    site = await field_site([
+        {"id": "hw1", "kind": "pv", "protocol": "modbus", "profile": "huawei_sun2000", "port": free_port(),
+         "sim": {"rated_kw": 100.0}},
+        {"id": "meter", "kind": "meter", "port": free_port()},
+    ])
+    hw1, sim = site.devices["hw1"], site.sim.devices["hw1"]
+    sim.set_fault("garbage")
+    for _ in range(20):
+        hw1._retry.succeeded()  # no backoff between the reads: every read decodes a new image
+        r = await hw1.read()
+        assert r is not None or isinstance(hw1.last_error, DeviceFault)
+        assert r is None or (abs(r.p_kw) <= 200.0 and (r.hz is None or 40 <= r.hz <= 70))
+        assert await hw1.write(Setpoint(p_kw=30.0)) in (True, False)
+    sim.set_fault("none")
+    await reading_of(hw1, "back", lambda r: True)
