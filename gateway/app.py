@@ -28,6 +28,7 @@ from gateway.core.model import Inbound as CoreInbound
 from gateway.core.outbound import Outbound, Status, Telemetry
 from gateway.journal import Encoded, Journal
 from gateway.north.mqtt import Inbound, MqttLink
+from gateway.north.outgoing import Message
 from gateway.protocol.codec import decode_inbound, encode_outbound
 from gateway.south.device import Device, DeviceError, Reading
 from gateway.south.factory import build_devices
@@ -161,12 +162,14 @@ class Gateway:
         middle = len(others) // 2
         self._read_order = [*others[:middle], self.pollers[self.meter_id], *others[middle:]]
         self.link = MqttLink(site.mqtt, site.site.id, self._on_message, self._on_connect,
-                             offline_payload=encode_outbound(self._status(online=False), site.site.id)[1])
+                             offline_payload=lambda: encode_outbound(self._status(online=False),
+                                                                     site.site.id)[1])
         self.snapshot = Snapshot()
         self.telemetry_seq = self.store.outbox.last_seq()  # contiguous across restarts, never reused
         self._wake = asyncio.Event()
         self._handing_out: asyncio.Task | None = None  # the last cycle's commands on their way (_hand_out)
-        self._outbox_lock = asyncio.Lock()
+        self._flushing: asyncio.Task | None = None  # the telemetry outbox on its way (_flush_outbox)
+        self._live_seq: int | None = None  # the telemetry just taken: the only one not marked replayed
         self._online: dict[str, bool] = {}
         self.last_cycle_s = 0.0  # how long the last control cycle took (read, decide, hand out writes)
         self.on_cycle_time: Callable[[float], None] | None = None  # told each cycle's duration (/metrics)
@@ -195,34 +198,33 @@ class Gateway:
 
     async def submit(self, msg: CoreInbound | Invalid, source: str) -> list[Outbound]:
         """Every instruction, from MQTT or from LDC SCADA (DNP3), takes this one path: decided by the
-        core, written to disk with its decision, answered on MQTT, and followed at once by a control
-        cycle (TDC-11)."""
+        core, written to disk with its decision, its answers queued for MQTT, and followed at once by a
+        control cycle (TDC-11). Nothing here waits for the broker: a broker that stops answering does not
+        delay the instruction's effect."""
         now = utcnow()
         outs = self.engine.receive(msg, now)
         for listener in self.inbound_listeners:
             listener(msg, outs)
         encoded = self._encode(outs)
         self.journal.instruction(msg, source, encoded, self.engine, now)
-        await self._publish(encoded)
+        self._publish(encoded)
         self._wake.set()
         return outs
 
-    async def _on_connect(self) -> None:
-        self._last_status = None
-        await self._publish_status()
-        await self._flush_outbox()
+    def _on_connect(self) -> None:
+        self._last_status = None  # the broker may have published the last will meanwhile
+        self._publish_status()
+        self._flush_outbox()
 
     def _encode(self, outs: list[Outbound]) -> list[Encoded]:
         return [encode_outbound(out, self.site.site.id) for out in outs]
 
-    async def _publish(self, encoded: list[Encoded]) -> None:
-        """Publish one batch of answers, pipelined: queued whole in one turn of the loop, so two batches
-        never interleave (a cycle's `started` never comes between an instruction's `received` and its
-        decision, TDC-01; see MqttLink.publish_many). No lock is held while the broker acknowledges: at
-        1,000 devices an instruction's `received` waited up to 59 ms behind the acknowledgements of a
-        cycle's answers (measured)."""
-        await self.link.publish_many([(suffix, payload, suffix.endswith("availability"))
-                                      for suffix, payload in encoded])
+    def _publish(self, encoded: list[Encoded]) -> None:
+        """Queue one batch of answers for the broker (MqttLink.send): queued whole, in order, so two
+        batches never interleave (a cycle's `started` never comes between an instruction's `received`
+        and its decision, TDC-01). Kept until the broker acknowledges them, also across a reconnect."""
+        self.link.send([Message(suffix, payload, retain=suffix.endswith("availability"))
+                        for suffix, payload in encoded])
 
     # ---- the control cycle -----------------------------------------------------------------------------
     def _readings(self) -> tuple[MeterReading | None, list[DeviceReading]]:
@@ -296,8 +298,8 @@ class Gateway:
             listener(cycle, meter, devices)
         encoded = self._encode(cycle.outbound)
         self.journal.cycle(cycle, encoded, self.engine, self._device_events())
-        await self._publish(encoded)
-        await self._publish_status()
+        self._publish(encoded)  # queued: the next cycle does not wait for the broker
+        self._publish_status()
         return cycle
 
     def _hand_out(self, commands: list[DeviceCommand]) -> None:
@@ -372,17 +374,21 @@ class Gateway:
                 await asyncio.sleep(0)  # building and encoding 1,000 devices' telemetry: ~10 ms each
                 _, payload = encode_outbound(t, self.site.site.id)
                 self.journal.telemetry(t.seq, payload)
-                await self._flush_outbox(live_seq=t.seq)
+                self._flush_outbox(live_seq=t.seq)
 
-    async def _flush_outbox(self, live_seq: int | None = None) -> None:
-        """Publish the outbox in seq order; what waited for the broker goes out marked `replayed`."""
-        async with self._outbox_lock:  # the telemetry loop and a reconnect may both flush
-            await self._flush_locked(live_seq)
+    def _flush_outbox(self, live_seq: int | None = None) -> None:
+        """Publish the outbox in seq order, in a task of its own (neither the telemetry loop nor the
+        link's inbound messages wait for the broker's acknowledgements); what waited for the broker goes
+        out marked `replayed`, all but `live_seq`. A flush under way goes on to what was added since."""
+        self._live_seq = live_seq
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush(), name="telemetry-outbox")
 
-    async def _flush_locked(self, live_seq: int | None) -> None:
+    async def _flush(self) -> None:
         outbox = self.store.outbox
         while batch := outbox.pending(REPLAY_BATCH):
-            payloads = [p if seq == live_seq else json.dumps({**json.loads(p), "replayed": True}).encode()
+            live = self._live_seq
+            payloads = [p if seq == live else json.dumps({**json.loads(p), "replayed": True}).encode()
                         for seq, p in batch]
             # Pipelined: publishes leave in call order (MQTT keeps the order of one session's QoS 1
             # messages), and the batch counts as sent when the broker has acknowledged every one.
@@ -403,25 +409,32 @@ class Gateway:
                       version=__version__, alarms=self._alarms())
 
     def _alarms(self) -> tuple[str, ...]:
+        alarms = []
         evicted = self.store.outbox.evicted
         if evicted:
-            return (f"telemetry outbox full: {evicted} oldest messages dropped "
-                    f"(store.outbox_max_messages = {self.store.outbox.max_messages})",)
-        return ()
+            alarms.append(f"telemetry outbox full: {evicted} oldest messages dropped "
+                          f"(store.outbox_max_messages = {self.store.outbox.max_messages})")
+        outgoing = self.link.outgoing
+        if outgoing.dropped:
+            alarms.append(f"MQTT queue full while the broker did not acknowledge: {outgoing.dropped} oldest "
+                          f"answers or status messages dropped (mqtt.max_queued_messages = "
+                          f"{outgoing.max_messages})")
+        return tuple(alarms)
 
-    async def _publish_status(self, force: bool = False) -> None:
-        # compared without its time, so an unchanged status is not republished every cycle
+    def _publish_status(self, force: bool = False) -> None:
+        # compared without its time, so an unchanged status is not republished every cycle; queued
+        # retained and coalesced, so a broker outage leaves only the newest to go
         status = self._status()
         key = replace(status, at=datetime.min)
         if force or key != self._last_status:
             suffix, payload = encode_outbound(status, self.site.site.id)
-            if await self.link.publish(suffix, payload, retain=True):
-                self._last_status = key
+            self.link.send([Message(suffix, payload, retain=True, coalesce=True)])
+            self._last_status = key
 
     async def _status_loop(self) -> None:
         while True:
             await asyncio.sleep(self.site.site.status_interval_s)
-            await self._publish_status(force=True)
+            self._publish_status(force=True)
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -433,8 +446,7 @@ class Gateway:
         try:
             await asyncio.gather(*tasks)
         finally:
-            if self._handing_out is not None:
-                tasks.append(self._handing_out)
+            tasks += [t for t in (self._handing_out, self._flushing) if t is not None]
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

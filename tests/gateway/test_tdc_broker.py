@@ -1,0 +1,116 @@
+"""The control path against a broker that misbehaves (TDC-11, TDC-19): a broker that stops answering
+without closing its socket (mosquitto stopped with SIGSTOP) must not delay a decision on its way to the
+devices; an instruction is acknowledged to the broker only once it is journalled, so a gateway killed
+between the two gets it again; and what waits for the broker is bounded, with an alarm past the bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import signal
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from gateway.app import Gateway
+from gateway.metrics import Metrics
+from gateway.protocol.codec import decode_inbound
+from simulators.battery import Battery
+from simulators.dnp3_der import Dnp3PvInverter
+from simulators.example_site import example_site
+from simulators.inverter import PvInverter
+from simulators.mosquitto import Mosquitto
+from simulators.scada_master import ScadaMaster
+from tests.support.rig import Rig
+
+pytestmark = pytest.mark.asyncio
+TOL = 3.0
+CONTROLLABLE = ("pv1", "pv2", "bess1", "pv3")
+
+
+def commanded_kw(dev: Any) -> float | None:
+    """The most the device was last told to put out, as its registers or points have it now (its output
+    follows with its ramp); None when it has no limit."""
+    if isinstance(dev, PvInverter):
+        return dev.read_controls().cap_kw
+    if isinstance(dev, Battery):
+        m = dev.map
+        return (m.eng(704, "WSet") or 0.0) / 1000.0 if m.get(704, "WSetEna") == 1 else None
+    assert isinstance(dev, Dnp3PvInverter), type(dev)
+    return None if dev.active_limit_pct is None else dev.active_limit_pct * dev.rated_kw / 100.0
+
+
+async def _until(pred: Callable[[], bool], timeout: float) -> float:
+    """Wait for pred() (checked every 10 ms); the wall-clock time it was first seen to hold."""
+    async def wait() -> float:
+        while not pred():
+            await asyncio.sleep(0.01)
+        return time.time()
+
+    return await asyncio.wait_for(wait(), timeout)
+
+
+@contextlib.contextmanager
+def stopped(broker: Mosquitto) -> Iterator[None]:
+    """The broker stops answering but keeps its sockets open (SIGSTOP), until the block ends."""
+    assert broker.proc is not None
+    broker.proc.send_signal(signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        broker.proc.send_signal(signal.SIGCONT)
+
+
+def _ldc_answer(rig: Rig, prefix: str, status: str) -> Callable[[str, bytes], bool]:
+    def match(topic: str, payload: bytes) -> bool:
+        body = json.loads(payload)
+        return (topic == rig.prefix + "gateway/response/ldc" and body.get("ref", "").startswith(prefix)
+                and body["status"] == status)
+
+    return match
+
+
+async def test_tdc_11_a_broker_that_stops_answering_delays_no_scada_trip(broker: Mosquitto, rig: Rig) -> None:
+    # A dispatch that starts once the broker has stopped: its `started` is the first answer a control
+    # cycle has for the broker then, and the cycles after it must not wait for it.
+    mark = await rig.send("ieso", "dispatch", "d-11", product="energy", kind="algorithmic", target_kw=150.0,
+                          start=3, end=600)
+    await rig.response("d-11", "accepted", start=mark)
+    async with ScadaMaster.for_site(rig.site, select_before_operate=False) as scada:
+        with stopped(broker):
+            await rig.wait_meter(lambda p: abs(p - 150.0) <= TOL, timeout=20)  # started and served
+            sent = time.time()
+            await scada.stop()  # BO2 ON: cease to energize, decided and journalled; its answers wait
+            for dev_id in CONTROLLABLE:
+                dev = rig.sim.devices[dev_id]
+                seen = await _until(lambda d=dev: commanded_kw(d) == 0.0, timeout=10)
+                # the write that set it (or a later one: a heartbeat) by the simulator's own clock
+                written = max(w for w in dev.writes_at if w <= seen)
+                assert written - sent <= 1.0, f"{dev_id} commanded {written - sent:.2f} s after the stop"
+    # once the broker answers again, what was queued for it arrives
+    await rig.response("d-11", "started", start=mark)
+    await rig.peer.wait_for(_ldc_answer(rig, "scada-stop-", "accepted"), start=mark)
+    await rig.wait_status(lambda s: any(a.startswith("scada-stop-") for a in s["active"]), start=mark)
+
+
+async def test_past_the_mqtt_queue_bound_the_oldest_answers_go_with_an_alarm_and_a_metric(
+    broker: Mosquitto,
+) -> None:
+    site = example_site()
+    site.mqtt.max_queued_messages = 10
+    gw = Gateway(site, broker.url)  # not running: its link never connects, as in a long broker outage
+    try:
+        for _ in range(15):  # each an `error` answer, queued for the broker
+            await gw.submit(decode_inbound("ldc", "envelope", b"{broken"), source="mqtt")
+        assert gw.link.outgoing.depth == 10
+        (alarm,) = gw._status().alarms
+        assert "5 oldest" in alarm and "mqtt.max_queued_messages = 10" in alarm
+        metrics = (await Metrics(gw).render()).decode()
+        assert "der_gateway_mqtt_queue_dropped_total 5.0" in metrics
+        assert "der_gateway_mqtt_queue_depth 10.0" in metrics
+    finally:
+        gw.store.close()
