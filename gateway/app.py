@@ -27,7 +27,7 @@ from gateway.core.model import DeviceCommand, DeviceReading, Invalid, Limits, Me
 from gateway.core.model import Inbound as CoreInbound
 from gateway.core.outbound import Outbound, Status, Telemetry
 from gateway.journal import Encoded, Journal
-from gateway.north.mqtt import Inbound, MqttLink
+from gateway.north.mqtt import Inbound, MqttLink, Redeliver
 from gateway.north.outgoing import Message
 from gateway.protocol.codec import decode_inbound, encode_outbound
 from gateway.south.device import Device, DeviceError, Reading
@@ -43,6 +43,11 @@ REPLAY_BATCH = 200  # telemetry messages in flight at once when the outbox is re
 # task step of tens of µs, and an instruction's receipt waits behind a whole turn.
 LOOP_CHUNK = 100
 METER_HISTORY = 32  # meter readings kept: more than the age of any device reading still in use
+
+
+class NotJournalled(Exception):
+    """An instruction the store could not take: it is neither answered nor acknowledged to the broker,
+    which delivers it again (see MqttLink)."""
 
 
 def utcnow() -> datetime:
@@ -194,19 +199,27 @@ class Gateway:
 
     # ---- north ---------------------------------------------------------------------------------------
     async def _on_message(self, inbound: Inbound) -> None:
-        await self.submit(decode_inbound(inbound.role, inbound.msg_type, inbound.payload), source="mqtt")
+        try:
+            await self.submit(decode_inbound(inbound.role, inbound.msg_type, inbound.payload), source="mqtt")
+        except NotJournalled as err:
+            raise Redeliver(f"the message on {inbound.topic} could not be journalled "
+                            f"({err.__cause__})") from err
 
     async def submit(self, msg: CoreInbound | Invalid, source: str) -> list[Outbound]:
         """Every instruction, from MQTT or from LDC SCADA (DNP3), takes this one path: decided by the
         core, written to disk with its decision, its answers queued for MQTT, and followed at once by a
         control cycle (TDC-11). Nothing here waits for the broker: a broker that stops answering does not
-        delay the instruction's effect."""
+        delay the instruction's effect. Raises NotJournalled, with nothing answered, when the store
+        cannot take it."""
         now = utcnow()
         outs = self.engine.receive(msg, now)
         for listener in self.inbound_listeners:
             listener(msg, outs)
         encoded = self._encode(outs)
-        self.journal.instruction(msg, source, encoded, self.engine, now)
+        try:
+            self.journal.instruction(msg, source, encoded, self.engine, now)
+        except Exception as err:
+            raise NotJournalled(str(err)) from err
         self._publish(encoded)
         self._wake.set()
         return outs

@@ -1,10 +1,12 @@
 """The gateway's MQTT link (aiomqtt; the only module that imports it).
 
-Subscribes to the site's inbound topics (PROTOCOL §1), hands every message to the app; publishes what
-the app queues, in order, without the app waiting for the broker (gateway.north.outgoing); keeps the
-retained `status` with an `offline` last will; and reconnects with capped exponential backoff when the
-broker goes away, or stops answering (paho's keepalive). A persistent session (clean_session False and
-a fixed client id) makes the broker keep the QoS 1 instructions that arrive while the gateway is away.
+Subscribes to the site's inbound topics (PROTOCOL §1), hands every message to the app and acknowledges
+it (PUBACK) only once the app returns, with the message on disk; publishes what the app queues, in
+order, without the app waiting for the broker (gateway.north.outgoing); keeps the retained `status`
+with an `offline` last will; and reconnects with capped exponential backoff when the broker goes away,
+or stops answering (paho's keepalive). A persistent session (clean_session False and a fixed client id)
+makes the broker keep the QoS 1 instructions that arrive while the gateway is away, and deliver again
+those it has not acknowledged: an instruction is never lost between its receipt and the journal.
 """
 
 from __future__ import annotations
@@ -115,8 +117,8 @@ def _check_readable(name: str, path: Path | None) -> None:
 
 
 class _Client(aiomqtt.Client):
-    """aiomqtt's client, with paho's socket writer registered in the turn paho asks for it, and the
-    broker's acknowledgements told to the link.
+    """aiomqtt's client, with paho's socket writer registered in the turn paho asks for it, the broker's
+    acknowledgements told to the link, and inbound messages acknowledged by the link (paho's manual ack).
 
     aiomqtt registers the writer through call_soon_threadsafe(add_writer), because paho asks from the
     executor thread that runs its connect. From the loop's own thread that defers the write by two turns
@@ -129,6 +131,9 @@ class _Client(aiomqtt.Client):
         super().__init__(*args, **kwargs)
         self._loop_thread = threading.get_ident()
         self._on_acknowledged = on_acknowledged
+        # paho would acknowledge (PUBACK) a QoS 1 message as soon as it has read it: the link does, once
+        # the app has it on disk (`ack`)
+        self._client.manual_ack_set(True)
 
     def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         if threading.get_ident() != self._loop_thread:
@@ -159,14 +164,23 @@ class _Client(aiomqtt.Client):
             raise aiomqtt.MqttCodeError(info.rc, "Could not publish message") from cause
         return info.mid
 
+    def ack(self, message: aiomqtt.Message) -> None:
+        """Acknowledge an inbound message to the broker (PUBACK for QoS 1), written at once."""
+        self._client.ack(message.mid, message.qos)
+        self.write_now()
+
+
+class Redeliver(Exception):
+    """Raised by the message handler when it could not take a message into safe keeping (it is not on
+    disk): the link leaves it unacknowledged and reconnects, so that the broker delivers it again."""
 
 
 PUBLISH_CHUNK = 200  # queued messages handed to paho in one turn of the loop when a backlog goes out
 
 
 class MqttLink:
-    """The link to the broker: inbound messages to `on_message`, one at a time in arrival order;
-    outbound messages queued (`send`), never awaited by the app."""
+    """The link to the broker: inbound messages to `on_message`, one at a time in arrival order, each
+    acknowledged once it returns; outbound messages queued (`send`), never awaited by the app."""
 
     def __init__(self, cfg: MqttSection, site_id: str, on_message: OnMessage, on_connect: OnConnect,
                  offline_payload: Callable[[], bytes]) -> None:
@@ -179,6 +193,7 @@ class MqttLink:
         self._client: _Client | None = None
         self.connected = asyncio.Event()
         self.reconnects = 0
+        self._not_stored = 0  # Redelivers in a row: a store that keeps failing is retried with backoff
         self.outgoing = OutgoingQueue(cfg.max_queued_messages)
         self._backlog = asyncio.Event()  # the publisher has queued messages to hand to paho
         self._tls: ssl.SSLContext | None = None
@@ -225,9 +240,14 @@ class MqttLink:
                         log.info("mqtt: connected to %s", self.cfg.broker)
                         self._on_connect()
                         async for message in client.messages:
-                            await self._deliver(message)
+                            await self._deliver(client, message)
                 except aiomqtt.MqttError as err:
                     log.warning("mqtt: link to %s lost (%s); retrying in %.1f s", self.cfg.broker, err, delay)
+                except Redeliver as err:
+                    self._not_stored += 1
+                    delay = min(0.5 * 2 ** self._not_stored, self.cfg.reconnect_max_s)
+                    log.error("mqtt: %s; not acknowledged, so the broker delivers it again: reconnecting "
+                              "in %.1f s", err, delay)
                 finally:
                     self._client = None
                     self.connected.clear()
@@ -238,16 +258,23 @@ class MqttLink:
         finally:
             publisher.cancel()
 
-    async def _deliver(self, message: aiomqtt.Message) -> None:
+    async def _deliver(self, client: _Client, message: aiomqtt.Message) -> None:
+        """Hand one message to the app and acknowledge it once the app returns: in arrival order, as MQTT
+        wants its PUBACKs, and only once it is on disk, so that a gateway that dies before has it
+        delivered again by the broker (persistent session)."""
         topic = str(message.topic)
         parts = topic[len(self.prefix):].split("/")
-        if not topic.startswith(self.prefix) or len(parts) != 2 or parts[0] not in INBOUND_ROLES:
-            return  # another site's or an unknown topic: ignored (TDC-03)
-        payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-        try:
-            await self._on_message(Inbound(topic, parts[0], parts[1], payload))
-        except Exception:  # a bug in handling one message must never stop the link
-            log.exception("mqtt: error while handling a message on %s", topic)
+        if topic.startswith(self.prefix) and len(parts) == 2 and parts[0] in INBOUND_ROLES:
+            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+            try:
+                await self._on_message(Inbound(topic, parts[0], parts[1], payload))
+                self._not_stored = 0
+            except Redeliver:
+                raise
+            except Exception:  # a bug in handling one message must never stop the link
+                log.exception("mqtt: error while handling a message on %s", topic)
+        # else another site's or an unknown topic: ignored (TDC-03), and acknowledged
+        client.ack(message)
 
     # ---- outbound ----------------------------------------------------------------------------------
     def send(self, messages: Sequence[Message]) -> None:

@@ -14,13 +14,13 @@ import contextlib
 import json
 import signal
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 
 from gateway.config import MqttSection
-from gateway.north.mqtt import MqttLink, MqttPeer
+from gateway.north.mqtt import Inbound, MqttLink, MqttPeer, Redeliver
 from gateway.north.outgoing import Message
 from simulators.mosquitto import Mosquitto
 
@@ -170,4 +170,43 @@ async def test_what_is_queued_while_disconnected_goes_in_order_up_to_the_bound(b
 
 async def _drained(link: MqttLink) -> None:
     while link.outgoing.depth:
+        await asyncio.sleep(0.05)
+
+
+async def test_a_message_is_acknowledged_once_handled_and_delivered_again_when_it_could_not_be(
+    broker: Mosquitto,
+) -> None:
+    # The handler cannot keep message 2 the first time (Redeliver): the link leaves it unacknowledged and
+    # reconnects; the broker (persistent session) delivers it again, and the one after it, which the
+    # link had not handled yet. Message 1, acknowledged once handled, does not come again.
+    handled: list[bytes] = []
+    refuse = {b"2"}
+
+    async def on_message(m: Inbound) -> None:
+        handled.append(m.payload)
+        if m.payload in refuse:
+            refuse.discard(m.payload)
+            raise Redeliver("not on disk")
+
+    link = MqttLink(MqttSection(broker=broker.url, reconnect_max_s=0.5), "site-1", on_message, lambda: None,
+                    lambda: b"{}")
+    runner = asyncio.create_task(link.run())
+    try:
+        await asyncio.wait_for(link.connected.wait(), 10)
+        async with MqttPeer(broker.url) as peer:
+            for n in (b"1", b"2", b"3"):
+                await peer.publish("tdc/v1/site-1/ldc/envelope", n)
+
+            await asyncio.wait_for(_until(lambda: b"3" in handled), 15)
+            await peer.publish("tdc/v1/site-1/ldc/envelope", b"4")  # after it: whatever came again is in
+            await asyncio.wait_for(_until(lambda: b"4" in handled), 10)
+        assert handled == [b"1", b"2", b"2", b"3", b"4"]
+        assert link.reconnects == 1
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+
+
+async def _until(pred: Callable[[], bool]) -> None:
+    while not pred():
         await asyncio.sleep(0.05)

@@ -10,8 +10,10 @@ import asyncio
 import contextlib
 import json
 import signal
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,12 +21,14 @@ import pytest
 from gateway.app import Gateway
 from gateway.metrics import Metrics
 from gateway.protocol.codec import decode_inbound
+from gateway.store.db import open_db
 from simulators.battery import Battery
 from simulators.dnp3_der import Dnp3PvInverter
 from simulators.example_site import example_site
 from simulators.inverter import PvInverter
 from simulators.mosquitto import Mosquitto
 from simulators.scada_master import ScadaMaster
+from tests.gateway.test_tdc_failsafe import GatewayProcess
 from tests.support.rig import Rig
 
 pytestmark = pytest.mark.asyncio
@@ -114,3 +118,59 @@ async def test_past_the_mqtt_queue_bound_the_oldest_answers_go_with_an_alarm_and
         assert "der_gateway_mqtt_queue_depth 10.0" in metrics
     finally:
         gw.store.close()
+
+
+@contextlib.contextmanager
+def store_locked(path: Path) -> Iterator[None]:
+    """Another process's exclusive lock on the gateway's store: every write of the gateway blocks (and
+    fails after SQLite's busy timeout), so nothing it receives meanwhile reaches its journal."""
+    conn = sqlite3.connect(str(path), isolation_level=None)
+    try:
+        conn.execute("BEGIN EXCLUSIVE")
+        yield
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()
+
+
+async def test_tdc_19_an_instruction_received_but_not_journalled_is_redelivered_and_answered_once(
+    make_rig, tmp_path: Path,
+) -> None:
+    # no telemetry during the test (its write is not guarded against a locked store)
+    rig: Rig = await make_rig(gateway=False, telemetry_interval_s=86_400.0)
+    gw = GatewayProcess(rig, tmp_path)
+    log_path = tmp_path / "gateway.log"
+    topic = rig.prefix + "ldc/envelope"
+    try:
+        with log_path.open("wb") as log:
+            gw.start(output=log)
+            await rig.wait_status(lambda s: s["state"] == "online", timeout=30)
+            with store_locked(rig.site.store.path):
+                mark = await rig.send("ldc", "envelope", "e-19r", export_limit_kw=100.0, reason="thermal",
+                                      start=0, end=300)
+
+                async def failed_to_journal() -> None:
+                    # the gateway has the message and could not journal it: it says so, naming the topic
+                    while topic not in log_path.read_text():
+                        await asyncio.sleep(0.1)
+
+                await asyncio.wait_for(failed_to_journal(), 60)
+                gw.kill()  # before its journal ever takes it
+            assert not rig.responses("e-19r", start=mark)
+            gw.start(output=log)
+            # the broker delivers it again (it was never acknowledged), and it is answered as new, once
+            await rig.response("e-19r", "accepted", start=mark, timeout=30)
+            await rig.wait_meter(lambda p: p <= 100.0 + TOL, timeout=20)
+            # one more after it, answered: anything delivered before it has been answered too
+            await rig.send("ldc", "envelope", "e-19s", export_limit_kw=100.0, reason="thermal", start=0,
+                           end=300)
+            await rig.response("e-19s", "accepted", start=mark)
+            statuses = [r["status"] for r in rig.responses("e-19r", start=mark)]
+            assert statuses.count("received") == 1 and statuses.count("accepted") == 1, statuses
+            assert not {"constrained", "rejected"} & set(statuses), statuses
+    finally:
+        gw.stop()
+    conn = open_db(rig.site.store.path)
+    inbound = [json.loads(rec) for kind, rec in conn.execute("SELECT kind, record FROM audit ORDER BY seq")
+               if kind == "inbound"]
+    assert [r["id"] for r in inbound if r.get("id") == "e-19r"] == ["e-19r"]
