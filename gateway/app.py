@@ -28,7 +28,7 @@ from gateway.core.model import Inbound as CoreInbound
 from gateway.core.outbound import Outbound, Status, Telemetry
 from gateway.journal import Encoded, Journal
 from gateway.north.mqtt import Inbound, MqttLink, Redeliver
-from gateway.north.outgoing import Message
+from gateway.north.outgoing import Outgoing
 from gateway.protocol.codec import decode_inbound, encode_outbound
 from gateway.south.device import Device, DeviceError, Reading
 from gateway.south.factory import build_devices
@@ -236,7 +236,7 @@ class Gateway:
         """Queue one batch of answers for the broker (MqttLink.send): queued whole, in order, so two
         batches never interleave (a cycle's `started` never comes between an instruction's `received`
         and its decision, TDC-01). Kept until the broker acknowledges them, also across a reconnect."""
-        self.link.send([Message(suffix, payload, retain=suffix.endswith("availability"))
+        self.link.send([Outgoing(suffix, payload, retain=suffix.endswith("availability"))
                         for suffix, payload in encoded])
 
     # ---- the control cycle -----------------------------------------------------------------------------
@@ -441,7 +441,7 @@ class Gateway:
         key = replace(status, at=datetime.min)
         if force or key != self._last_status:
             suffix, payload = encode_outbound(status, self.site.site.id)
-            self.link.send([Message(suffix, payload, retain=True, coalesce=True)])
+            self.link.send([Outgoing(suffix, payload, retain=True, coalesce=True)])
             self._last_status = key
 
     async def _status_loop(self) -> None:

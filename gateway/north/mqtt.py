@@ -28,7 +28,7 @@ import aiomqtt
 import paho.mqtt.client as paho
 
 from gateway.config import MqttSection, TlsFileError
-from gateway.north.outgoing import Message, OutgoingQueue
+from gateway.north.outgoing import Outgoing, OutgoingQueue
 
 log = logging.getLogger(__name__)
 
@@ -277,7 +277,7 @@ class MqttLink:
         client.ack(message)
 
     # ---- outbound ----------------------------------------------------------------------------------
-    def send(self, messages: Sequence[Message]) -> None:
+    def send(self, messages: Sequence[Outgoing]) -> None:
         """Queue messages for the broker, in order, and return at once. When the link is up and nothing
         queued before them is still waiting, they are handed to paho and written in the caller's turn
         (an instruction's answer reaches the socket in the turn it was decided); else the publisher
@@ -330,7 +330,7 @@ class MqttLink:
             return [False] * len(messages)
         loop = asyncio.get_running_loop()
         settled = [loop.create_future() for _ in messages]
-        self.send([Message(suffix, payload, retain, keep=False, on_settled=partial(_settle, done))
+        self.send([Outgoing(suffix, payload, retain, keep=False, on_settled=partial(_settle, done))
                    for (suffix, payload, retain), done in zip(messages, settled, strict=True)])
         return list(await asyncio.gather(*settled))
 

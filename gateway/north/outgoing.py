@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 
 @dataclass(eq=False)
-class Message:
+class Outgoing:
     suffix: str  # topic under the site prefix
     payload: bytes
     retain: bool = False
@@ -37,17 +37,17 @@ class OutgoingQueue:
         self.max_messages = max_messages
         self.dropped = 0  # the oldest messages dropped because the queue was full, since the start
         self._serials = itertools.count(1)
-        self._live: dict[int, Message] = {}  # every message not settled, in queue order
-        self._waiting: deque[Message] = deque()  # not handed to the connection yet (some may be gone)
-        self._handed: dict[int, Message] = {}  # by the connection's message id
-        self._newest: dict[str, Message] = {}  # the coalescing message in the queue, by topic
+        self._live: dict[int, Outgoing] = {}  # every message not settled, in queue order
+        self._waiting: deque[Outgoing] = deque()  # not handed to the connection yet (some may be gone)
+        self._handed: dict[int, Outgoing] = {}  # by the connection's message id
+        self._newest: dict[str, Outgoing] = {}  # the coalescing message in the queue, by topic
 
     @property
     def depth(self) -> int:
         """Messages not acknowledged yet."""
         return len(self._live)
 
-    def put(self, msg: Message) -> None:
+    def put(self, msg: Outgoing) -> None:
         msg.serial = next(self._serials)
         if msg.coalesce:
             older = self._newest.get(msg.suffix)
@@ -66,16 +66,17 @@ class OutgoingQueue:
             self._waiting.popleft()
         return bool(self._waiting)
 
-    def take(self) -> Iterator[Message]:
-        """The messages to hand to the connection, in order; one it cannot take goes back (`put_back`)."""
+    def take(self) -> Iterator[Outgoing]:
+        """The messages to hand to the connection, in order; one it cannot take goes back (`put_back`),
+        and the taking stops there."""
         while self.waiting():
             yield self._waiting.popleft()
 
-    def put_back(self, msg: Message) -> None:
+    def put_back(self, msg: Outgoing) -> None:
         """A message taken but not handed: the first to go when the connection can take more."""
         self._waiting.appendleft(msg)
 
-    def handed(self, msg: Message, mid: int) -> None:
+    def handed(self, msg: Outgoing, mid: int) -> None:
         self._handed[mid] = msg
 
     def acknowledged(self, mid: int) -> None:
@@ -90,7 +91,7 @@ class OutgoingQueue:
             self._settle(msg, False)
         self._waiting = deque(self._live.values())
 
-    def _settle(self, msg: Message, acknowledged: bool) -> None:
+    def _settle(self, msg: Outgoing, acknowledged: bool) -> None:
         msg.gone = True
         del self._live[msg.serial]
         if self._newest.get(msg.suffix) is msg:

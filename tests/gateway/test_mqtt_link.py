@@ -21,7 +21,7 @@ import pytest
 
 from gateway.config import MqttSection
 from gateway.north.mqtt import Inbound, MqttLink, MqttPeer, Redeliver
-from gateway.north.outgoing import Message
+from gateway.north.outgoing import Outgoing
 from simulators.mosquitto import Mosquitto
 
 pytestmark = pytest.mark.asyncio
@@ -55,8 +55,8 @@ def _link(broker: Mosquitto, **mqtt: Any) -> MqttLink:
     return MqttLink(cfg, "site-1", lambda _m: _nothing(), lambda: None, lambda: b"{}")
 
 
-def _answers(first: int, n: int) -> list[Message]:
-    return [Message("gateway/response/ldc", json.dumps({"n": i}).encode()) for i in range(first, first + n)]
+def _answers(first: int, n: int) -> list[Outgoing]:
+    return [Outgoing("gateway/response/ldc", json.dumps({"n": i}).encode()) for i in range(first, first + n)]
 
 
 def _heard(peer: MqttPeer) -> list[int]:

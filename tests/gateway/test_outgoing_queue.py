@@ -3,11 +3,13 @@ connection leaves to resend, the bound, and the coalesced status."""
 
 from __future__ import annotations
 
-from gateway.north.outgoing import Message, OutgoingQueue
+from typing import Any
+
+from gateway.north.outgoing import Outgoing, OutgoingQueue
 
 
-def msg(n: int, **kw: object) -> Message:
-    return Message("gateway/response/ldc", str(n).encode(), **kw)  # type: ignore[arg-type]
+def msg(n: int, **kw: Any) -> Outgoing:
+    return Outgoing("gateway/response/ldc", str(n).encode(), **kw)
 
 
 def hand_all(q: OutgoingQueue, first_mid: int = 1) -> list[bytes]:
@@ -77,8 +79,8 @@ def test_a_dropped_message_that_paho_already_has_is_not_sent_again() -> None:
 def test_only_the_newest_coalesced_status_goes() -> None:
     q = OutgoingQueue(100)
 
-    def status(n: int) -> Message:
-        return Message("gateway/status", str(n).encode(), retain=True, coalesce=True)
+    def status(n: int) -> Outgoing:
+        return Outgoing("gateway/status", str(n).encode(), retain=True, coalesce=True)
 
     q.put(status(0))
     q.put(msg(1))
