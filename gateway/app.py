@@ -220,8 +220,10 @@ class Gateway:
             self.journal.instruction(msg, source, encoded, self.engine, now)
         except Exception as err:
             raise NotJournalled(str(err)) from err
-        self._publish(encoded)
-        self._wake.set()
+        else:
+            self._publish(encoded)
+        finally:
+            self._wake.set()  # also when not journalled: it is in force in memory, the devices follow it
         return outs
 
     def _on_connect(self) -> None:
