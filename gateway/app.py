@@ -400,6 +400,12 @@ class Gateway:
             self._flushing = asyncio.create_task(self._flush(), name="telemetry-outbox")
 
     async def _flush(self) -> None:
+        try:
+            await self._flush_batches()
+        except Exception:  # the store's: the next telemetry (or connection) tries again
+            log.exception("telemetry outbox: flush failed")
+
+    async def _flush_batches(self) -> None:
         outbox = self.store.outbox
         while batch := outbox.pending(REPLAY_BATCH):
             live = self._live_seq
@@ -424,7 +430,7 @@ class Gateway:
                       version=__version__, alarms=self._alarms())
 
     def _alarms(self) -> tuple[str, ...]:
-        alarms = []
+        alarms: list[str] = []
         evicted = self.store.outbox.evicted
         if evicted:
             alarms.append(f"telemetry outbox full: {evicted} oldest messages dropped "

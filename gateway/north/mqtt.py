@@ -143,6 +143,7 @@ class _Client(aiomqtt.Client):
 
     def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason_code: Any,
                     properties: Any) -> None:
+        # instead of aiomqtt's, which serves its own `publish`: the link publishes through `queue` only
         self._on_acknowledged(mid)
 
     def write_now(self) -> None:
