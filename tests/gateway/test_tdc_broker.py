@@ -89,11 +89,13 @@ async def test_tdc_11_a_broker_that_stops_answering_delays_no_scada_trip(broker:
             await rig.wait_meter(lambda p: abs(p - 150.0) <= TOL, timeout=20)  # started and served
             sent = time.time()
             await scada.stop()  # BO2 ON: cease to energize, decided and journalled; its answers wait
-            for dev_id in CONTROLLABLE:
-                dev = rig.sim.devices[dev_id]
-                seen = await _until(lambda d=dev: commanded_kw(d) == 0.0, timeout=10)
-                # the write that set it (or a later one: a heartbeat) by the simulator's own clock
-                written = max(w for w in dev.writes_at if w <= seen)
+            devs = [rig.sim.devices[dev_id] for dev_id in CONTROLLABLE]
+            # watched together, so that each is seen within 10 ms of the write that set it
+            seen = await asyncio.gather(*(_until(lambda d=d: commanded_kw(d) == 0.0, timeout=10)
+                                          for d in devs))
+            for dev_id, dev, at in zip(CONTROLLABLE, devs, seen, strict=True):
+                # the write that set it, by the simulator's own clock
+                written = max(w for w in dev.writes_at if w <= at)
                 assert written - sent <= 1.0, f"{dev_id} commanded {written - sent:.2f} s after the stop"
     # once the broker answers again, what was queued for it arrives
     await rig.response("d-11", "started", start=mark)
