@@ -27,8 +27,9 @@ from gateway.core.engine import Cycle, Engine, StatusInfo
 from gateway.core.model import DeviceCommand, DeviceReading, Invalid, Limits, MeterReading, SiteParams
 from gateway.core.model import Inbound as CoreInbound
 from gateway.core.outbound import Outbound, Status, Telemetry
-from gateway.journal import Encoded, Journal, refused, unwritten
-from gateway.north.mqtt import Inbound, MqttLink
+from gateway.journal import Encoded, Journal, Written, refused, unwritten
+from gateway.north.mqtt import Inbound, MqttLink, Redeliver
+from gateway.north.outgoing import Outgoing
 from gateway.protocol.codec import decode_inbound, encode_outbound
 from gateway.south.device import Device, DeviceError, Reading
 from gateway.south.factory import build_devices
@@ -44,7 +45,13 @@ REPLAY_BATCH = 200  # telemetry messages in flight at once when the outbox is re
 # Devices a cycle starts reading, or hands a command to, in one turn of the event loop: each starts a
 # task step of tens of µs, and an instruction's receipt waits behind a whole turn.
 LOOP_CHUNK = 100
+SLOW_JOURNAL_S = 1.0  # an instruction waiting this long for the store is logged
 METER_HISTORY = 32  # meter readings kept: more than the age of any device reading still in use
+
+
+class NotJournalled(Exception):
+    """An instruction whose journal entry failed for a reason other than a full store (a bug): it is
+    neither answered nor acknowledged to the broker, which delivers it again (see MqttLink)."""
 
 
 def utcnow() -> datetime:
@@ -166,16 +173,18 @@ class Gateway:
         self._read_order = [*others[:middle], self.pollers[self.meter_id], *others[middle:]]
         self.supervisor = Supervisor()  # before the link: its last will is a status, with the alarms
         self.link = MqttLink(site.mqtt, site.site.id, self._on_message, self._on_connect,
-                             offline_payload=encode_outbound(self._status(online=False), site.site.id)[1])
+                             offline_payload=lambda: encode_outbound(self._status(online=False),
+                                                                     site.site.id)[1])
         self.snapshot = Snapshot()
         self.telemetry_seq = self.store.outbox.last_seq()  # contiguous across restarts, never reused
         self._wake = asyncio.Event()
         self._handing_out: asyncio.Task | None = None  # the last cycle's commands on their way (_hand_out)
-        self._outbox_lock = asyncio.Lock()
         # One instruction at a time from the engine to the disk, and no control cycle meanwhile: one that
         # cannot be written rolls the engine back to its state before it, which must undo nothing else
         # (see Journal.instruction).
         self._journalling = asyncio.Lock()
+        self._flushing: asyncio.Task | None = None  # the telemetry outbox on its way (_flush_outbox)
+        self._live_seq: int | None = None  # the telemetry just taken: the only one not marked replayed
         self._online: dict[str, bool] = {}
         self.last_cycle_s = 0.0  # how long the last control cycle took (read, decide, hand out writes)
         self.on_cycle_time: Callable[[float], None] | None = None  # told each cycle's duration (/metrics)
@@ -200,18 +209,30 @@ class Gateway:
 
     # ---- north ---------------------------------------------------------------------------------------
     async def _on_message(self, inbound: Inbound) -> None:
-        await self.submit(decode_inbound(inbound.role, inbound.msg_type, inbound.payload), source="mqtt")
+        try:
+            await self.submit(decode_inbound(inbound.role, inbound.msg_type, inbound.payload), source="mqtt")
+        except NotJournalled as err:
+            raise Redeliver(f"the message on {inbound.topic} could not be journalled "
+                            f"({err.__cause__})") from err
 
     async def submit(self, msg: CoreInbound | Invalid, source: str) -> list[Outbound]:
         """Every instruction, from MQTT or from LDC SCADA (DNP3), takes this one path: decided by the
-        core, written to disk with its decision, answered on MQTT, and followed at once by a control
-        cycle (TDC-11)."""
+        core, written to disk with its decision, its answers queued for MQTT, and followed at once by a
+        control cycle (TDC-11). Nothing here waits for the broker: a broker that stops answering does not
+        delay the instruction's effect. One the store cannot take is answered all the same (`refused`, or
+        `unwritten` for the LDC's). Raises NotJournalled, with nothing answered, when writing it failed
+        otherwise (a bug in the store's code: see Journal.instruction)."""
         async with self._journalling:
             now, mono = clocks()
             outs = self.engine.receive(msg, now, mono)
             encoded = self._encode(outs)
             written = self.journal.instruction(msg, source, encoded, self.engine, now)
-            if not await written or (written.kept and not written.stored):
+            try:
+                stands = await self._journalled(written, msg, source)
+            except Exception as err:
+                self._wake.set()  # it is in force in memory: the devices follow it
+                raise NotJournalled(str(err)) from err
+            if not stands or (written.kept and not written.stored):
                 assert not isinstance(msg, Invalid)  # only an instruction changes what is in force
                 cause = self.journal.health.cause()
                 # not on disk: a market instruction is not in force (the engine is back as it was before
@@ -221,9 +242,21 @@ class Gateway:
                 self.journal.outbound(encoded, now)
         for listener in self.inbound_listeners:
             listener(msg, outs)
-        await self._publish(encoded)
+        self._publish(encoded)
         self._wake.set()
         return outs
+
+    @staticmethod
+    async def _journalled(written: Written, msg: CoreInbound | Invalid, source: str) -> bool:
+        """Await an instruction's journal entry; one that waits long for the store (a disk that hangs, a
+        lock held by another process, for up to SQLite's busy timeout) is logged while it waits: it is
+        received, unanswered and not yet acknowledged."""
+        waiting = asyncio.ensure_future(written)
+        if not (await asyncio.wait({waiting}, timeout=SLOW_JOURNAL_S))[0]:
+            log.warning("%s %s from %s (%s) waits for the store: not answered until it is written",
+                        msg.type if not isinstance(msg, Invalid) else msg.msg_type, msg.id,
+                        msg.issuer if not isinstance(msg, Invalid) else msg.role, source)
+        return await waiting
 
     async def _instruction_settled(self) -> None:
         """Until no instruction is on its way to disk: one that cannot be written is rolled back, and no
@@ -232,22 +265,20 @@ class Gateway:
         async with self._journalling:
             pass
 
-    async def _on_connect(self) -> None:
-        self._last_status = None
-        await self._publish_status()
-        await self._flush_outbox()
+    def _on_connect(self) -> None:
+        self._last_status = None  # the broker may have published the last will meanwhile
+        self._publish_status()
+        self._flush_outbox()
 
     def _encode(self, outs: list[Outbound]) -> list[Encoded]:
         return [encode_outbound(out, self.site.site.id) for out in outs]
 
-    async def _publish(self, encoded: list[Encoded]) -> None:
-        """Publish one batch of answers, pipelined: queued whole in one turn of the loop, so two batches
-        never interleave (a cycle's `started` never comes between an instruction's `received` and its
-        decision, TDC-01; see MqttLink.publish_many). No lock is held while the broker acknowledges: at
-        1,000 devices an instruction's `received` waited up to 59 ms behind the acknowledgements of a
-        cycle's answers (measured)."""
-        await self.link.publish_many([(suffix, payload, suffix.endswith("availability"))
-                                      for suffix, payload in encoded])
+    def _publish(self, encoded: list[Encoded]) -> None:
+        """Queue one batch of answers for the broker (MqttLink.send): queued whole, in order, so two
+        batches never interleave (a cycle's `started` never comes between an instruction's `received`
+        and its decision, TDC-01). Kept until the broker acknowledges them, also across a reconnect."""
+        self.link.send([Outgoing(suffix, payload, retain=suffix.endswith("availability"))
+                        for suffix, payload in encoded])
 
     # ---- the control cycle -----------------------------------------------------------------------------
     def _readings(self) -> tuple[MeterReading | None, list[DeviceReading]]:
@@ -328,8 +359,8 @@ class Gateway:
         # on disk before it is published (or known not to be: control goes on, what was lost is counted)
         events = self._device_events() + self._cycle_events(cycle)
         await self.journal.cycle(cycle, encoded, self.engine, events)
-        await self._publish(encoded)
-        await self._publish_status()
+        self._publish(encoded)  # queued: the next cycle does not wait for the broker
+        self._publish_status()
         return cycle
 
     def _hand_out(self, commands: list[DeviceCommand]) -> None:
@@ -439,19 +470,29 @@ class Gateway:
                 await asyncio.sleep(0)  # building and encoding 1,000 devices' telemetry: ~10 ms each
                 _, payload = encode_outbound(t, self.site.site.id)
                 stored = await self.journal.telemetry(t.seq, payload)
-                await self._flush_outbox(live_seq=t.seq)
-                if not stored:  # the store is full: sent live all the same, after the backlog (counted)
-                    await self.link.publish_many([("gateway/telemetry", payload, False)])
+                self._flush_outbox(live_seq=t.seq)
+                if not stored:  # the store is full: sent live all the same, queued (counted as not stored)
+                    self._publish([("gateway/telemetry", payload)])
 
-    async def _flush_outbox(self, live_seq: int | None = None) -> None:
-        """Publish the outbox in seq order; what waited for the broker goes out marked `replayed`."""
-        async with self._outbox_lock:  # the telemetry loop and a reconnect may both flush
-            await self._flush_locked(live_seq)
+    def _flush_outbox(self, live_seq: int | None = None) -> None:
+        """Publish the outbox in seq order, in a task of its own (neither the telemetry loop nor the
+        link's inbound messages wait for the broker's acknowledgements); what waited for the broker goes
+        out marked `replayed`, all but `live_seq`. A flush under way goes on to what was added since."""
+        self._live_seq = live_seq
+        if self._flushing is None or self._flushing.done():
+            self._flushing = asyncio.create_task(self._flush(), name="telemetry-outbox")
 
-    async def _flush_locked(self, live_seq: int | None) -> None:
+    async def _flush(self) -> None:
+        try:
+            await self._flush_batches()
+        except Exception:  # the store's: the next telemetry (or connection) tries again
+            log.exception("telemetry outbox: flush failed")
+
+    async def _flush_batches(self) -> None:
         outbox = self.store.outbox
         while batch := outbox.pending(REPLAY_BATCH):
-            payloads = [p if seq == live_seq else json.dumps({**json.loads(p), "replayed": True}).encode()
+            live = self._live_seq
+            payloads = [p if seq == live else json.dumps({**json.loads(p), "replayed": True}).encode()
                         for seq, p in batch]
             # Pipelined: publishes leave in call order (MQTT keeps the order of one session's QoS 1
             # messages), and the batch counts as sent when the broker has acknowledged every one.
@@ -474,27 +515,34 @@ class Gateway:
 
     def alarms(self, info: StatusInfo) -> tuple[str, ...]:
         """What an operator must see: the core's (devices not following, a limit not met, the clock),
-        then the gateway's own (tasks that failed, telemetry lost to a full outbox)."""
+        then the gateway's own (tasks that failed, telemetry lost to a full outbox, answers lost to a full
+        MQTT queue, the store)."""
         alarms = info.alarms + self.supervisor.alarms()
         evicted = self.store.outbox.evicted
         if evicted:
             alarms += (f"telemetry outbox full: {evicted} oldest messages dropped "
                        f"(store.outbox_max_messages = {self.store.outbox.max_messages})",)
+        outgoing = self.link.outgoing
+        if outgoing.dropped:
+            alarms += (f"MQTT queue full while the broker did not acknowledge: {outgoing.dropped} oldest "
+                       f"answers or status messages dropped (mqtt.max_queued_messages = "
+                       f"{outgoing.max_messages})",)
         return alarms + self.journal.health.alarms()
 
-    async def _publish_status(self, force: bool = False) -> None:
-        # compared without its time, so an unchanged status is not republished every cycle
+    def _publish_status(self, force: bool = False) -> None:
+        # compared without its time, so an unchanged status is not republished every cycle; queued
+        # retained and coalesced, so a broker outage leaves only the newest to go
         status = self._status()
         key = replace(status, at=datetime.min)
         if force or key != self._last_status:
             suffix, payload = encode_outbound(status, self.site.site.id)
-            if await self.link.publish(suffix, payload, retain=True):
-                self._last_status = key
+            self.link.send([Outgoing(suffix, payload, retain=True, coalesce=True)])
+            self._last_status = key
 
     async def _status_loop(self) -> None:
         while True:
             await asyncio.sleep(self.site.site.status_interval_s)
-            await self._publish_status(force=True)
+            self._publish_status(force=True)
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -510,8 +558,9 @@ class Gateway:
         try:
             await asyncio.Event().wait()  # until cancelled
         finally:
-            if self._handing_out is not None:
-                self._handing_out.cancel()
+            for task in (self._handing_out, self._flushing):
+                if task is not None:
+                    task.cancel()
             await sup.stop()
             await asyncio.gather(*(p.device.close() for p in self.pollers.values()), return_exceptions=True)
             await asyncio.to_thread(self.journal.close)

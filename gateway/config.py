@@ -56,6 +56,9 @@ class MqttSection(_Strict):
     client_id: str | None = None
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
     reconnect_max_s: Annotated[float, Field(ge=0.5, le=300)] = 30.0
+    # answers and status kept in memory while the broker does not acknowledge them (telemetry has the
+    # store's outbox); past it the oldest are dropped, with an alarm in status
+    max_queued_messages: Annotated[int, Field(ge=10, le=1_000_000)] = 10_000
     ca_file: Path | None = None
     cert_file: Path | None = None
     key_file: Path | None = None

@@ -4,7 +4,8 @@ Each gateway has its own registry (not prometheus_client's global one), so sever
 process (tests, the demo) never share or clash over a metric. Counters and the last decision are fed by
 hooks: `on_cycle` (a cycle listener), `on_cycle_time` (each cycle's duration), `on_read` (each device
 poll) and `on_inbound` (the answers to each inbound message). Values that only matter when someone
-looks — device states, outbox depth, audit records, uptime — are read from the gateway at scrape time.
+looks — device states, outbox and MQTT queue depth, audit records, uptime — are read from the gateway
+at scrape time.
 """
 
 from __future__ import annotations
@@ -158,6 +159,15 @@ class _ScrapeTime(Collector):
             yield GaugeMetricFamily("der_gateway_outbox_depth",
                                     "Telemetry messages stored and not yet acknowledged by the broker",
                                     value=outbox.depth())
+        link = getattr(gw, "link", None)
+        if link is not None:
+            yield GaugeMetricFamily("der_gateway_mqtt_queue_depth",
+                                    "Answers and status messages queued, not yet acknowledged by the broker",
+                                    value=link.outgoing.depth)
+            yield CounterMetricFamily("der_gateway_mqtt_queue_dropped",
+                                      "Answers and status messages dropped, oldest first, because the queue "
+                                      "was full (mqtt.max_queued_messages) while the broker did not answer",
+                                      value=link.outgoing.dropped)
         audit = getattr(store, "audit", None)
         if audit is not None:
             yield CounterMetricFamily("der_gateway_audit_records", "Records appended to the audit log",

@@ -1,9 +1,12 @@
 """The gateway's MQTT link (aiomqtt; the only module that imports it).
 
-Subscribes to the site's inbound topics (PROTOCOL §1), hands every message to the app, publishes what the
-app produces, keeps the retained `status` with an `offline` last will, and reconnects with capped
-exponential backoff when the broker goes away. A persistent session (clean_session False and a fixed
-client id) makes the broker keep QoS 1 instructions that arrive while the gateway is reconnecting.
+Subscribes to the site's inbound topics (PROTOCOL §1), hands every message to the app and acknowledges
+it (PUBACK) only once the app returns, with the message on disk; publishes what the app queues, in
+order, without the app waiting for the broker (gateway.north.outgoing); keeps the retained `status`
+with an `offline` last will; and reconnects with capped exponential backoff when the broker goes away,
+or stops answering (paho's keepalive). A persistent session (clean_session False and a fixed client id)
+makes the broker keep the QoS 1 instructions that arrive while the gateway is away, and deliver again
+those it has not acknowledged: an instruction is never lost between its receipt and the journal.
 """
 
 from __future__ import annotations
@@ -16,14 +19,16 @@ import ssl
 import threading
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 from urllib.parse import urlparse
 
 import aiomqtt
 import paho.mqtt.client as paho
 
 from gateway.config import MqttSection, TlsFileError
+from gateway.north.outgoing import Outgoing, OutgoingQueue
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +55,7 @@ class Inbound:
 
 
 OnMessage = Callable[[Inbound], Awaitable[None]]
-OnConnect = Callable[[], Awaitable[None]]
+OnConnect = Callable[[], None]  # called on every connection, before the first message is delivered
 
 
 class KeyFileError(TlsFileError):
@@ -112,24 +117,34 @@ def _check_readable(name: str, path: Path | None) -> None:
 
 
 class _Client(aiomqtt.Client):
-    """aiomqtt's client, with paho's socket writer registered in the turn paho asks for it.
+    """aiomqtt's client, with paho's socket writer registered in the turn paho asks for it, the broker's
+    acknowledgements told to the link, and inbound messages acknowledged by the link (paho's manual ack).
 
-    aiomqtt registers it through call_soon_threadsafe(add_writer), because paho asks from the executor
-    thread that runs its connect. From the loop's own thread that defers the write by two turns of the
-    loop (up to 52 ms at 1,000 devices, measured), and it lets paho's view of the registration lag the
-    loop's: a write made in between (`write_now`) leaves a writer added after paho dropped it, maybe on
-    a closed or reused socket. Registered at once on the loop's thread, the two always agree.
+    aiomqtt registers the writer through call_soon_threadsafe(add_writer), because paho asks from the
+    executor thread that runs its connect. From the loop's own thread that defers the write by two turns
+    of the loop (up to 52 ms at 1,000 devices, measured), and it lets paho's view of the registration lag
+    the loop's: a write made in between (`write_now`) leaves a writer added after paho dropped it, maybe
+    on a closed or reused socket. Registered at once on the loop's thread, the two always agree.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, on_acknowledged: Callable[[int], None], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._loop_thread = threading.get_ident()
+        self._on_acknowledged = on_acknowledged
+        # paho would acknowledge (PUBACK) a QoS 1 message as soon as it has read it: the link does, once
+        # the app has it on disk (`ack`)
+        self._client.manual_ack_set(True)
 
     def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         if threading.get_ident() != self._loop_thread:
             super()._on_socket_register_write(client, userdata, sock)
         else:
             self._loop.add_writer(sock.fileno(), self.write_now)
+
+    def _on_publish(self, client: paho.Client, userdata: Any, mid: int, reason_code: Any,
+                    properties: Any) -> None:
+        # instead of aiomqtt's, which serves its own `publish`: the link publishes through `queue` only
+        self._on_acknowledged(mid)
 
     def write_now(self) -> None:
         """Write what paho has queued, as far as the socket takes it (paho then keeps or drops its
@@ -140,49 +155,48 @@ class _Client(aiomqtt.Client):
             if not self._disconnected.done():
                 self._disconnected.set_exception(exc)
 
-    def queue(self, topic: str, payload: bytes, retain: bool) -> _Queued:
-        """aiomqtt's `publish` at QoS 1, with paho's part done now, in the caller's turn (await the
-        broker's acknowledgement with `acknowledged`). aiomqtt's does that part in the first step of its
-        coroutine, a turn of the loop later (at 1,000 devices a turn can take 10-20 ms, and an answer
-        crossed three). Raises MqttCodeError as aiomqtt's does."""
+    def queue(self, topic: str, payload: bytes, retain: bool) -> int:
+        """aiomqtt's `publish` at QoS 1 without its coroutine: handed to paho now, in the caller's turn
+        (aiomqtt's does it in its first step, a turn of the loop later: at 1,000 devices a turn can take
+        10-20 ms, and an answer crossed three); its message id. Raises MqttCodeError as aiomqtt's does."""
         info = self._client.publish(topic, payload, 1, retain)
         if info.rc != paho.MQTT_ERR_SUCCESS:
             cause = self._disconnected.exception() if self._disconnected.done() else None
             raise aiomqtt.MqttCodeError(info.rc, "Could not publish message") from cause
-        # registered at once (aiomqtt's on_publish sets and drops it): the acknowledgement cannot be
-        # read before this turn ends
-        queued = _Queued(info.mid, asyncio.Event())
-        self._pending_publishes[info.mid] = queued.acknowledged
-        if info.is_published():
-            queued.acknowledged.set()
-        return queued
+        return info.mid
 
-    async def acknowledged(self, queued: _Queued) -> None:
-        try:
-            await self._wait_for(queued.acknowledged.wait(), timeout=None)
-        finally:
-            self._pending_publishes.pop(queued.mid, None)
+    def ack(self, message: aiomqtt.Message) -> None:
+        """Acknowledge an inbound message to the broker (PUBACK for QoS 1), written at once."""
+        self._client.ack(message.mid, message.qos)
+        self.write_now()
 
 
-class _Queued(NamedTuple):
-    """A message handed to paho: its id, and the event the broker's acknowledgement sets."""
+class Redeliver(Exception):
+    """Raised by the message handler when it could not take a message into safe keeping (it is not on
+    disk): the link leaves it unacknowledged and reconnects, so that the broker delivers it again."""
 
-    mid: int
-    acknowledged: asyncio.Event
+
+PUBLISH_CHUNK = 200  # queued messages handed to paho in one turn of the loop when a backlog goes out
 
 
 class MqttLink:
+    """The link to the broker: inbound messages to `on_message`, one at a time in arrival order, each
+    acknowledged once it returns; outbound messages queued (`send`), never awaited by the app."""
+
     def __init__(self, cfg: MqttSection, site_id: str, on_message: OnMessage, on_connect: OnConnect,
-                 offline_payload: bytes) -> None:
+                 offline_payload: Callable[[], bytes]) -> None:
         self.cfg = cfg
         self.site_id = site_id
         self.prefix = f"{TOPIC_ROOT}/{site_id}/"
         self._on_message = on_message
         self._on_connect = on_connect
-        self._offline_payload = offline_payload
+        self._offline_payload = offline_payload  # the last will, as of each connection
         self._client: _Client | None = None
         self.connected = asyncio.Event()
         self.reconnects = 0
+        self._not_stored = 0  # Redelivers in a row: a store that keeps failing is retried with backoff
+        self.outgoing = OutgoingQueue(cfg.max_queued_messages)
+        self._backlog = asyncio.Event()  # the publisher has queued messages to hand to paho
         self._tls: ssl.SSLContext | None = None
         if broker_address(cfg.broker)[2]:
             self._tls = _tls_context(cfg)  # now, so that a bad TLS file stops the start (TlsFileError)
@@ -200,83 +214,131 @@ class MqttLink:
             identifier=self.cfg.client_id or f"der-gateway-{self.site_id}",
             clean_session=False,
             keepalive=self.cfg.keepalive_s,
-            will=aiomqtt.Will(self.prefix + "gateway/status", self._offline_payload, qos=1, retain=True),
+            will=aiomqtt.Will(self.prefix + "gateway/status", self._offline_payload(), qos=1, retain=True),
             tls_context=self._tls if tls else None,
             # paho never sets TCP_NODELAY; without it a QoS 1 round trip can cost 44 ms (Nagle).
             socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)],
-            max_queued_outgoing_messages=100_000,
+            # paho holds no more than the link's queue does (see OutgoingQueue)
+            max_queued_outgoing_messages=self.cfg.max_queued_messages,
             timeout=10,
+            on_acknowledged=self._acknowledged,
         )
 
     async def run(self) -> None:
         """Connect, subscribe and deliver messages forever; reconnect with capped backoff."""
+        publisher = asyncio.create_task(self._publisher())
         delay = 0.5
-        while True:
-            try:
-                async with self._make_client() as client:
-                    self._client = client
-                    for role in INBOUND_ROLES:
-                        await client.subscribe(f"{self.prefix}{role}/+", qos=1)
-                    self.connected.set()
-                    delay = 0.5
-                    log.info("mqtt: connected to %s", self.cfg.broker)
-                    await self._on_connect()
-                    async for message in client.messages:
-                        await self._deliver(message)
-            except aiomqtt.MqttError as err:
-                log.warning("mqtt: link to %s lost (%s); retrying in %.1f s", self.cfg.broker, err, delay)
-            finally:
-                self._client = None
-                self.connected.clear()
-            self.reconnects += 1
-            await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
-            delay = min(delay * 2, self.cfg.reconnect_max_s)
+        try:
+            while True:
+                try:
+                    async with self._make_client() as client:
+                        self._client = client
+                        self._backlog.set()  # what the last connection left unacknowledged goes first
+                        for role in INBOUND_ROLES:
+                            await client.subscribe(f"{self.prefix}{role}/+", qos=1)
+                        self.connected.set()
+                        delay = 0.5
+                        log.info("mqtt: connected to %s", self.cfg.broker)
+                        self._on_connect()
+                        async for message in client.messages:
+                            await self._deliver(client, message)
+                except aiomqtt.MqttError as err:
+                    log.warning("mqtt: link to %s lost (%s); retrying in %.1f s", self.cfg.broker, err, delay)
+                except Redeliver as err:
+                    self._not_stored += 1
+                    delay = min(0.5 * 2 ** self._not_stored, self.cfg.reconnect_max_s)
+                    log.error("mqtt: %s; not acknowledged, so the broker delivers it again: reconnecting "
+                              "in %.1f s", err, delay)
+                finally:
+                    self._client = None
+                    self.connected.clear()
+                    self.outgoing.connection_lost()
+                self.reconnects += 1
+                await asyncio.sleep(delay * (0.8 + 0.4 * random.random()))
+                delay = min(delay * 2, self.cfg.reconnect_max_s)
+        finally:
+            publisher.cancel()
 
-    async def _deliver(self, message: aiomqtt.Message) -> None:
+    async def _deliver(self, client: _Client, message: aiomqtt.Message) -> None:
+        """Hand one message to the app and acknowledge it once the app returns: in arrival order, as MQTT
+        wants its PUBACKs, and only once it is on disk, so that a gateway that dies before has it
+        delivered again by the broker (persistent session)."""
         topic = str(message.topic)
         parts = topic[len(self.prefix):].split("/")
-        if not topic.startswith(self.prefix) or len(parts) != 2 or parts[0] not in INBOUND_ROLES:
-            return  # another site's or an unknown topic: ignored (TDC-03)
-        payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
-        try:
-            await self._on_message(Inbound(topic, parts[0], parts[1], payload))
-        except Exception:  # a bug in handling one message must never stop the link
-            log.exception("mqtt: error while handling a message on %s", topic)
+        if topic.startswith(self.prefix) and len(parts) == 2 and parts[0] in INBOUND_ROLES:
+            payload = message.payload if isinstance(message.payload, bytes) else str(message.payload).encode()
+            try:
+                await self._on_message(Inbound(topic, parts[0], parts[1], payload))
+                self._not_stored = 0
+            except Redeliver:
+                raise
+            except Exception:  # a bug in handling one message must never stop the link
+                log.exception("mqtt: error while handling a message on %s", topic)
+        # else another site's or an unknown topic: ignored (TDC-03), and acknowledged
+        client.ack(message)
 
-    async def publish_many(self, messages: Sequence[tuple[str, bytes, bool]]) -> list[bool]:
-        """Publish (suffix, payload, retain) messages at QoS 1 under the site prefix, pipelined; for
-        each, False when the broker is not reachable now. The whole batch is handed to paho and written
-        to the socket in the caller's turn of the loop, so it leaves in order (MQTT keeps a session's
-        QoS 1 order) and two batches never interleave; then the broker's acknowledgements are awaited
-        together."""
+    # ---- outbound ----------------------------------------------------------------------------------
+    def send(self, messages: Sequence[Outgoing]) -> None:
+        """Queue messages for the broker, in order, and return at once. When the link is up and nothing
+        queued before them is still waiting, they are handed to paho and written in the caller's turn
+        (an instruction's answer reaches the socket in the turn it was decided); else the publisher
+        hands them on in order, the backlog first."""
+        backlog = self.outgoing.waiting()
+        for msg in messages:
+            self.outgoing.put(msg)
         client = self._client
         if client is None:
-            return [False] * len(messages)
-        queued: list[_Queued | None] = []
-        for suffix, payload, retain in messages:
+            return
+        # behind a backlog, in turn; else at once, and what paho could not take yet to the publisher
+        if backlog or self._hand(client, len(messages)):
+            self._backlog.set()
+
+    def _hand(self, client: _Client, limit: int) -> bool:
+        """Up to `limit` queued messages to paho, written at once; whether more are waiting that paho
+        could take now (paho full or gone: no, until an acknowledgement or the next connection)."""
+        for n, msg in enumerate(self.outgoing.take(), 1):
             try:
-                queued.append(client.queue(self.prefix + suffix, payload, retain))
+                self.outgoing.handed(msg, client.queue(self.prefix + msg.suffix, msg.payload, msg.retain))
             except aiomqtt.MqttError as err:
-                log.warning("mqtt: publish to %s failed: %s", suffix, err)
-                queued.append(None)
+                self.outgoing.put_back(msg)
+                log.debug("mqtt: publish to %s deferred: %s", msg.suffix, err)
+                client.write_now()
+                return False
+            if n >= limit:
+                break
         client.write_now()
-        return list(await asyncio.gather(*(self._sent(client, suffix, q) for (suffix, _, _), q
-                                           in zip(messages, queued, strict=True))))
+        return self.outgoing.waiting()
 
-    @staticmethod
-    async def _sent(client: _Client, suffix: str, queued: _Queued | None) -> bool:
-        if queued is None:
-            return False
-        try:
-            await client.acknowledged(queued)
-            return True
-        except aiomqtt.MqttError as err:
-            log.warning("mqtt: publish to %s failed: %s", suffix, err)
-            return False
+    async def _publisher(self) -> None:
+        """Hands the backlog (what waited for a connection, or for paho to take more) to paho in order,
+        PUBLISH_CHUNK a turn so that a long one does not hold the loop."""
+        while True:
+            await self._backlog.wait()
+            self._backlog.clear()
+            while (client := self._client) is not None and self._hand(client, PUBLISH_CHUNK):
+                await asyncio.sleep(0)
 
-    async def publish(self, suffix: str, payload: bytes, retain: bool = False) -> bool:
-        """Publish one message under the site prefix; False when the broker is not reachable now."""
-        return (await self.publish_many([(suffix, payload, retain)]))[0]
+    def _acknowledged(self, mid: int) -> None:
+        self.outgoing.acknowledged(mid)
+        if self.outgoing.waiting():
+            self._backlog.set()  # paho may have refused some for want of room
+
+    async def publish_many(self, messages: Sequence[tuple[str, bytes, bool]]) -> list[bool]:
+        """Publish (suffix, payload, retain) messages at QoS 1 under the site prefix, in order with what is
+        queued, and wait for the broker: for each, whether it acknowledged it; all False when the broker
+        is not reachable now. Nothing is kept for another connection (telemetry has its own outbox)."""
+        if self._client is None:
+            return [False] * len(messages)
+        loop = asyncio.get_running_loop()
+        settled = [loop.create_future() for _ in messages]
+        self.send([Outgoing(suffix, payload, retain, keep=False, on_settled=partial(_settle, done))
+                   for (suffix, payload, retain), done in zip(messages, settled, strict=True)])
+        return list(await asyncio.gather(*settled))
+
+
+def _settle(done: asyncio.Future[bool], acknowledged: bool) -> None:
+    if not done.done():  # its caller may be gone
+        done.set_result(acknowledged)
 
 
 class MqttPeer:

@@ -1,4 +1,5 @@
-"""The gateway's MQTT link against a real mosquitto: how it hands a batch of answers to the socket.
+"""The gateway's MQTT link against a real mosquitto: how it hands a batch of answers to the socket, and
+what it does with what it queued while the broker is away or stops answering.
 
 The link hands a batch to paho and has paho write it in the caller's turn, and registers paho's
 socket writer in the turn paho asks for it. These tests hold the invariant that makes that safe: the
@@ -11,13 +12,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import signal
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from typing import Any
 
 import pytest
 
 from gateway.config import MqttSection
-from gateway.north.mqtt import MqttLink, MqttPeer
+from gateway.north.mqtt import Inbound, MqttLink, MqttPeer, Redeliver
+from gateway.north.outgoing import Outgoing
 from simulators.mosquitto import Mosquitto
 
 pytestmark = pytest.mark.asyncio
@@ -28,10 +32,10 @@ async def _nothing() -> None:
 
 
 @contextlib.asynccontextmanager
-async def _connected(broker: Mosquitto) -> AsyncIterator[tuple[MqttLink, MqttPeer, socket.socket]]:
+async def _connected(broker: Mosquitto,
+                     **mqtt: Any) -> AsyncIterator[tuple[MqttLink, MqttPeer, socket.socket]]:
     """A running link, connected, with a peer that hears what it publishes, and the link's socket."""
-    link = MqttLink(MqttSection(broker=broker.url, reconnect_max_s=0.5), "site-1",
-                    lambda _m: _nothing(), _nothing, b"{}")
+    link = _link(broker, **mqtt)
     runner = asyncio.create_task(link.run())
     try:
         async with MqttPeer(broker.url) as peer:
@@ -44,6 +48,26 @@ async def _connected(broker: Mosquitto) -> AsyncIterator[tuple[MqttLink, MqttPee
     finally:
         runner.cancel()
         await asyncio.gather(runner, return_exceptions=True)
+
+
+def _link(broker: Mosquitto, **mqtt: Any) -> MqttLink:
+    cfg = MqttSection(broker=broker.url, reconnect_max_s=0.5, **mqtt)
+    return MqttLink(cfg, "site-1", lambda _m: _nothing(), lambda: None, lambda: b"{}")
+
+
+def _answers(first: int, n: int) -> list[Outgoing]:
+    return [Outgoing("gateway/response/ldc", json.dumps({"n": i}).encode()) for i in range(first, first + n)]
+
+
+def _heard(peer: MqttPeer) -> list[int]:
+    """The numbers the peer heard, each once, in the order first heard (after an outage a message the
+    broker took before the link gave up on it is sent again: at least once, never lost)."""
+    seen: list[int] = []
+    for _, p, _ in peer.messages:
+        n = json.loads(p).get("n")
+        if n is not None and n not in seen:
+            seen.append(n)
+    return seen
 
 
 def _batch(first: int, n: int) -> list[tuple[str, bytes, bool]]:
@@ -97,4 +121,93 @@ async def test_a_batch_whose_write_fails_leaves_no_writer_and_the_link_comes_bac
 
 async def _reconnected(link: MqttLink) -> None:
     while link.reconnects == 0 or not link.connected.is_set():
+        await asyncio.sleep(0.05)
+
+
+async def test_a_broker_that_stops_answering_is_noticed_and_gets_what_was_queued_once_it_answers(
+    broker: Mosquitto,
+) -> None:
+    # mosquitto stopped (SIGSTOP) keeps its socket open: nothing fails, nothing answers. The link's
+    # keepalive notices; what it queued meanwhile waits, and goes once the broker answers again.
+    async with _connected(broker, keepalive_s=5) as (link, peer, _):
+        link.send(_answers(0, 3))
+        await peer.wait_for(lambda _t, p: json.loads(p) == {"n": 2}, timeout=5)
+        await asyncio.wait_for(_drained(link), 5)  # the broker's acknowledgements may come after
+        assert broker.proc is not None
+        broker.proc.send_signal(signal.SIGSTOP)
+        try:
+            link.send(_answers(3, 5))  # returns at once: nobody waits for a broker
+            assert link.outgoing.depth == 5
+
+            async def dead() -> None:
+                while link.connected.is_set():
+                    await asyncio.sleep(0.1)
+
+            await asyncio.wait_for(dead(), 30)  # keepalive 5 s: a ping unanswered for 5 s more
+            link.send(_answers(8, 2))  # queued while the link is down
+        finally:
+            broker.proc.send_signal(signal.SIGCONT)
+        await asyncio.wait_for(_reconnected(link), 30)
+        await peer.wait_for(lambda _t, p: json.loads(p) == {"n": 9}, timeout=15)
+        assert _heard(peer) == list(range(10))
+        await asyncio.wait_for(_drained(link), 10)
+
+
+async def test_what_is_queued_while_disconnected_goes_in_order_up_to_the_bound(broker: Mosquitto) -> None:
+    link = _link(broker, max_queued_messages=10)
+    link.send(_answers(0, 15))  # no connection yet: queued, the oldest 5 dropped and counted
+    assert link.outgoing.depth == 10 and link.outgoing.dropped == 5
+    async with MqttPeer(broker.url) as peer:
+        await peer.subscribe("tdc/v1/site-1/gateway/#")
+        runner = asyncio.create_task(link.run())  # connects now that the peer listens
+        try:
+            await peer.wait_for(lambda _t, p: json.loads(p) == {"n": 14}, timeout=10)
+            assert [json.loads(p)["n"] for _, p, _ in peer.messages] == list(range(5, 15))
+            await asyncio.wait_for(_drained(link), 10)
+        finally:
+            runner.cancel()
+            await asyncio.gather(runner, return_exceptions=True)
+
+
+async def _drained(link: MqttLink) -> None:
+    while link.outgoing.depth:
+        await asyncio.sleep(0.05)
+
+
+async def test_a_message_is_acknowledged_once_handled_and_delivered_again_when_it_could_not_be(
+    broker: Mosquitto,
+) -> None:
+    # The handler cannot keep message 2 the first time (Redeliver): the link leaves it unacknowledged and
+    # reconnects; the broker (persistent session) delivers it again, and the one after it, which the
+    # link had not handled yet. Message 1, acknowledged once handled, does not come again.
+    handled: list[bytes] = []
+    refuse = {b"2"}
+
+    async def on_message(m: Inbound) -> None:
+        handled.append(m.payload)
+        if m.payload in refuse:
+            refuse.discard(m.payload)
+            raise Redeliver("not on disk")
+
+    link = MqttLink(MqttSection(broker=broker.url, reconnect_max_s=0.5), "site-1", on_message, lambda: None,
+                    lambda: b"{}")
+    runner = asyncio.create_task(link.run())
+    try:
+        await asyncio.wait_for(link.connected.wait(), 10)
+        async with MqttPeer(broker.url) as peer:
+            for n in (b"1", b"2", b"3"):
+                await peer.publish("tdc/v1/site-1/ldc/envelope", n)
+
+            await asyncio.wait_for(_until(lambda: b"3" in handled), 15)
+            await peer.publish("tdc/v1/site-1/ldc/envelope", b"4")  # after it: whatever came again is in
+            await asyncio.wait_for(_until(lambda: b"4" in handled), 10)
+        assert handled == [b"1", b"2", b"2", b"3", b"4"]
+        assert link.reconnects == 1
+    finally:
+        runner.cancel()
+        await asyncio.gather(runner, return_exceptions=True)
+
+
+async def _until(pred: Callable[[], bool]) -> None:
+    while not pred():
         await asyncio.sleep(0.05)

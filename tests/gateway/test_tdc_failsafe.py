@@ -15,7 +15,7 @@ import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 import tomli_w
@@ -87,7 +87,8 @@ class GatewayProcess:
         self.url = rig.url
         self.proc: subprocess.Popen | None = None
 
-    def start(self) -> None:
+    def start(self, output: IO[bytes] | None = None) -> None:
+        """Started; its logs (JSON lines) to `output`, or to the test's own stdout."""
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -100,7 +101,8 @@ class GatewayProcess:
                 self.url,
                 "--log-level",
                 "warning",
-            ]
+            ],
+            stdout=output,
         )
 
     def kill(self) -> None:

@@ -49,7 +49,7 @@ async def _noop() -> None:
 
 def link(mqtt: dict[str, str]) -> MqttLink:
     cfg = MqttSection.model_validate({"broker": "mqtts://127.0.0.1:8883", **mqtt})
-    return MqttLink(cfg, SITE_ID, lambda _m: _noop(), _noop, offline_payload=b"{}")
+    return MqttLink(cfg, SITE_ID, lambda _m: _noop(), lambda: None, offline_payload=lambda: b"{}")
 
 
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o644])
