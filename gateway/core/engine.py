@@ -345,10 +345,9 @@ class Engine:
             unserved = isinstance(msg, Dispatch | Service) and rec is not served
             if rec.started or unserved or not covers(msg, now):
                 continue
-            rec.started = True
-            if msg.type == "override" and msg.action == "hold":
-                # export may not rise above where it is; a site that is importing may not export
-                rec.hold_kw = max(self.state.last_pcc_kw or 0.0, 0.0)
+            # a hold: export may not rise above where it is; a site that is importing may not export
+            hold = msg.type == "override" and msg.action == "hold"
+            store.start(rec, max(self.state.last_pcc_kw or 0.0, 0.0) if hold else rec.hold_kw)
             out.append(Response(msg.issuer, msg.id, msg.type, "started", now))
         return out
 
