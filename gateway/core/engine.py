@@ -70,7 +70,7 @@ from gateway.core.outbound import (
     Window,
 )
 from gateway.core.serde import from_jsonable, to_jsonable
-from gateway.core.validation import check
+from gateway.core.validation import check, room
 
 SNAPSHOT_FORMAT = 1
 LOAD_WINDOW = 5  # cycles of load estimates the export credit looks back on (see Engine.cycle)
@@ -182,6 +182,9 @@ class Engine:
             return [*out, _rejected(msg, now, *problem)]
         if isinstance(msg, Cancel):
             return out + self._cancel(msg, now)
+        problem = room(msg, store, self.params)
+        if problem is not None:
+            return [*out, _rejected(msg, now, *problem)]
         return out + self._accept(msg, now)
 
     def _accept(self, msg: Instruction, now: datetime) -> list[Outbound]:
