@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 
 from gateway.core import model as m
 from gateway.core.allocation import DeviceRange, controllable
-from gateway.core.arbitration import assess, served_at
+from gateway.core.arbitration import Context, assess, served_at
 from gateway.core.availability import windows
 from gateway.core.engine import Cycle
 from gateway.core.instructions import superseded_from
@@ -276,8 +276,9 @@ def same_as_reference(site: Site) -> None:
             assert limits_at(store, params, t, lost) == reference.limits_at(store, params, t, lost), t
         for priority in m.ROLES:
             assert served_at(store, t, priority) == reference.served_at(store, t, priority), t
+    view = engine.state.view
     for lost in (False, True):
-        ctx = replace(engine._context(now), ldc_lost=lost)
+        ctx = Context(params, now, lost, view.dev if view else None, view.load_kw if view else 0.0)
         for rec in store.live():
             if isinstance(rec.msg, m.Dispatch | m.Service):
                 assert assess(store, rec, ctx) == reference.assess(store, rec, ctx), rec.ref
