@@ -24,7 +24,15 @@ from gateway.config import SiteFile
 from gateway.core import report
 from gateway.core.allocation import pcc_at, readings_spread, readings_time
 from gateway.core.engine import Cycle, Engine, StatusInfo
-from gateway.core.model import DeviceCommand, DeviceReading, Invalid, Limits, MeterReading, SiteParams
+from gateway.core.model import (
+    DeviceCommand,
+    DeviceReading,
+    Invalid,
+    Limits,
+    MeterReading,
+    RoleLimits,
+    SiteParams,
+)
 from gateway.core.model import Inbound as CoreInbound
 from gateway.core.outbound import Outbound, Status, Telemetry
 from gateway.journal import Encoded, Journal, Written, refused, unwritten
@@ -81,6 +89,8 @@ def site_params(site: SiteFile) -> SiteParams:
         max_clock_skew_s=s.max_clock_skew_s,
         target_tolerance_kw=s.target_tolerance_kw,
         limit_margin_kw=s.limit_margin_kw,
+        max_live_instructions=RoleLimits(ieso=s.max_live_instructions.ieso, ldc=s.max_live_instructions.ldc),
+        max_horizon_s=RoleLimits(ieso=s.max_horizon_s.ieso, ldc=s.max_horizon_s.ldc),
     )
 
 

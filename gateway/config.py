@@ -12,6 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from gateway.core.model import MAX_HORIZON_S, MAX_LIVE_INSTRUCTIONS
+
 NonNegKw = Annotated[float, Field(ge=0)]
 PositiveS = Annotated[float, Field(gt=0)]
 Port = Annotated[int, Field(ge=1, le=65535)]
@@ -29,6 +31,20 @@ class LimitsConfig(_Strict):
     import_limit_kw: NonNegKw | None = None
     generation_limit_kw: NonNegKw | None = None
     load_limit_kw: NonNegKw | None = None
+
+
+class LiveCaps(_Strict):
+    """Per role, how many of its instructions may be live at once (more are TOO_MANY_INSTRUCTIONS)."""
+
+    ieso: Annotated[int, Field(ge=1)] = int(MAX_LIVE_INSTRUCTIONS.ieso)
+    ldc: Annotated[int, Field(ge=1)] = int(MAX_LIVE_INSTRUCTIONS.ldc)
+
+
+class Horizons(_Strict):
+    """Per role, how far ahead (s) an instruction's window may start (later is OUT_OF_RANGE)."""
+
+    ieso: PositiveS = MAX_HORIZON_S.ieso
+    ldc: PositiveS = MAX_HORIZON_S.ldc
 
 
 class SiteSection(_Strict):
@@ -49,6 +65,8 @@ class SiteSection(_Strict):
     max_clock_skew_s: PositiveS = 300.0
     target_tolerance_kw: NonNegKw = 2.0
     limit_margin_kw: NonNegKw = 1.0
+    max_live_instructions: LiveCaps = Field(default_factory=LiveCaps)
+    max_horizon_s: Horizons = Field(default_factory=Horizons)
 
 
 class MqttSection(_Strict):

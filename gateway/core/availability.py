@@ -17,6 +17,11 @@ WINDOW_TYPES = ("envelope", "outage", "override")  # the instructions that have 
 
 
 def windows(store: Store, params: SiteParams) -> tuple[Window, ...]:
+    """Computed once per version of the store: every cycle compares them with the last published."""
+    return store.derived(("windows", params), lambda: _windows(store, params))
+
+
+def _windows(store: Store, params: SiteParams) -> tuple[Window, ...]:
     ex_cap, im_cap = params.export_cap_kw, params.import_cap_kw
 
     def capped(kw: float | None, cap: float) -> float:

@@ -77,7 +77,7 @@ from gateway.core.outbound import (
 )
 from gateway.core.serde import from_jsonable, to_jsonable, transient
 from gateway.core.unmet import Shortfall, Unmet, culprits, report
-from gateway.core.validation import check
+from gateway.core.validation import check, room
 
 SNAPSHOT_FORMAT = 1
 LOAD_WINDOW = 5  # cycles of load estimates the export credit looks back on (see Engine.cycle)
@@ -210,6 +210,9 @@ class Engine:
             return [*out, _rejected(msg, now, *problem)]
         if isinstance(msg, Cancel):
             return out + self._cancel(msg, now)
+        problem = room(msg, store, self.params)
+        if problem is not None:
+            return [*out, _rejected(msg, now, *problem)]
         return out + self._accept(msg, now, mono)
 
     def _accept(self, msg: Instruction, now: datetime, mono: float) -> list[Outbound]:
@@ -424,11 +427,10 @@ class Engine:
             unserved = isinstance(msg, Dispatch | Service) and rec is not served
             if rec.started or unserved or not covers(msg, now):
                 continue
-            rec.started = True
-            if msg.type == "override" and msg.action == "hold":
-                # export may not rise above where it is; a site that is importing may not export (the
-                # last usable reading: a refused one never gets here, see inputs.py)
-                rec.hold_kw = max(self.state.last_pcc_kw or 0.0, 0.0)
+            # a hold: export may not rise above where it is; a site that is importing may not export (the
+            # last usable reading: a refused one never gets here, see inputs.py)
+            hold = msg.type == "override" and msg.action == "hold"
+            store.start(rec, max(self.state.last_pcc_kw or 0.0, 0.0) if hold else rec.hold_kw)
             out.append(Response(msg.issuer, msg.id, msg.type, "started", now))
         return out
 

@@ -8,13 +8,16 @@ they refer to: a repeat older than that is judged afresh, which for an instructi
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 from gateway.core.model import ROLES, Dispatch, Envelope, Instruction, Service
 
 SEEN_RETENTION = timedelta(hours=24)
+T = TypeVar("T")
 
 
 @dataclass
@@ -63,20 +66,47 @@ class Seen:
 
 @dataclass
 class Store:
+    """The records (persisted: `records`, `seen`, `next_seq`) and what is derived from them.
+
+    Every change that a decision depends on goes through `add`, `drop` or `start`, which bump `version`;
+    what is computed from the records (superseded times, the limit profile, availability windows) is
+    kept in `derived` until the next change, so a control cycle in which nothing changed recomputes
+    nothing, and one in which something did computes each once.
+    """
+
     records: dict[str, dict[str, Record]] = field(default_factory=lambda: {r: {} for r in ROLES})
     seen: dict[str, dict[str, Seen]] = field(default_factory=lambda: {r: {} for r in ROLES})
     next_seq: int = 0
 
+    def __post_init__(self) -> None:
+        # receipt order, kept as records come and go (a restored store is sorted once)
+        self._live: dict[int, Record] = {r.seq: r for r in sorted(
+            (r for by_id in self.records.values() for r in by_id.values()), key=lambda r: r.seq)}
+        self.version = 0
+        self._derived: dict[Hashable, Any] = {}
+        self._derived_version = 0
+
     def live(self) -> Iterator[Record]:
-        """Every live record, oldest receipt first."""
-        return iter(sorted((r for by_id in self.records.values() for r in by_id.values()),
-                           key=lambda r: r.seq))
+        """Every live record, oldest receipt first (a copy: the caller may add or drop meanwhile)."""
+        return iter(list(self._live.values()))
+
+    def count(self, role: str) -> int:
+        """How many of `role`'s instructions are live."""
+        return len(self.records[role])
 
     def add(self, msg: Instruction) -> Record:
         rec = Record(msg=msg, seq=self.next_seq)
         self.next_seq += 1
         self.records[msg.issuer][msg.id] = rec
+        self._live[rec.seq] = rec
+        self.version += 1
         return rec
+
+    def start(self, rec: Record, hold_kw: float | None) -> None:
+        """The instruction has taken effect; a hold with the export cap it keeps from now on."""
+        rec.started = True
+        rec.hold_kw = hold_kw
+        self.version += 1
 
     def remember(self, role: str, msg_id: str, entry: Seen) -> None:
         self.seen[role][msg_id] = entry
@@ -84,6 +114,8 @@ class Store:
     def drop(self, rec: Record, now: datetime) -> None:
         """The instruction has ended: forget the record, keep its id for a while."""
         del self.records[rec.msg.issuer][rec.msg.id]
+        del self._live[rec.seq]
+        self.version += 1
         entry = self.seen[rec.msg.issuer].get(rec.msg.id)
         if entry is not None:
             entry.keep_until = max(entry.keep_until or now, now + SEEN_RETENTION)
@@ -92,6 +124,15 @@ class Store:
         for by_id in self.seen.values():
             for msg_id in [i for i, e in by_id.items() if e.keep_until is not None and e.keep_until < now]:
                 del by_id[msg_id]
+
+    def derived(self, key: Hashable, make: Callable[[], T]) -> T:
+        """`make()`, computed once per version of the records."""
+        if self._derived_version != self.version:
+            self._derived.clear()
+            self._derived_version = self.version
+        if key not in self._derived:
+            self._derived[key] = make()
+        return self._derived[key]
 
 
 def covers(msg: Instruction, t: datetime) -> bool:
@@ -102,33 +143,75 @@ def covers(msg: Instruction, t: datetime) -> bool:
 
 
 def superseded_from(store: Store) -> dict[int, datetime]:
-    """When each superseded live record (by seq) stops being in force; computed once per decision.
+    """When each superseded live record (by seq) stops being in force; computed once per store version.
 
     An envelope is superseded once an envelope naming it in `replaces` has started. A dispatch (or a
     service) is superseded once a newer one whose window overlaps it has started (TDC-14): the older one
     ends there as a whole, it does not resume after the newer one, because IESO's newer dispatch is the
     current instruction for the resource.
     """
+    return store.derived("superseded", lambda: _superseded(store))
+
+
+def _superseded(store: Store) -> dict[int, datetime]:
     out: dict[int, datetime] = {}
-
-    def supersede(rec: Record, at: datetime) -> None:
-        out[rec.seq] = min(out.get(rec.seq, at), at)
-
-    targets: list[Record] = []
+    targets: dict[str, list[Record]] = {"dispatch": [], "service": []}
     for rec in store.live():
         msg = rec.msg
         if isinstance(msg, Envelope) and msg.replaces is not None:
             replaced = store.records["ldc"].get(msg.replaces)
             if replaced is not None and replaced.msg.type == "envelope":
-                supersede(replaced, msg.start)
+                out[replaced.seq] = min(out.get(replaced.seq, msg.start), msg.start)
         elif isinstance(msg, Dispatch | Service):
-            targets.append(rec)
-    for older in targets:
-        for newer in targets:
-            o, n = older.msg, newer.msg
-            if o.type == n.type and newer.key > older.key and n.start < o.end and o.start < n.end:
-                supersede(older, n.start)
+            targets[msg.type].append(rec)
+    for group in targets.values():
+        out.update(_overlapped(group))
     return out
+
+
+def _overlapped(group: list[Record]) -> dict[int, datetime]:
+    """For each record, the earliest start among the newer ones whose window overlaps its own.
+
+    Newest first, each record asks which of the newer ones already seen end after it starts (an index over
+    their ends, keeping the least start): the least of those starts is the answer if it is before the
+    record's own end, and no newer one overlaps otherwise. O(n log n) instead of every pair.
+    """
+    ends = sorted({r.msg.end for r in group})
+    least = _SuffixMin(len(ends))
+    out: dict[int, datetime] = {}
+    for rec in sorted(group, key=lambda r: r.key, reverse=True):
+        msg = rec.msg
+        first = least.query(bisect_right(ends, msg.start))  # among newer ones ending after its start
+        if first is not None and first < msg.end:
+            out[rec.seq] = first
+        least.update(bisect_left(ends, msg.end), msg.start)
+    return out
+
+
+class _SuffixMin:
+    """The least value at positions ≥ i of n positions, values only ever lowered (a Fenwick tree)."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.tree: list[datetime | None] = [None] * (n + 1)
+
+    def update(self, i: int, value: datetime) -> None:
+        j = self.n - i  # position i counted from the end, 1-based
+        while j <= self.n:
+            current = self.tree[j]
+            if current is None or value < current:
+                self.tree[j] = value
+            j += j & -j
+
+    def query(self, i: int) -> datetime | None:
+        best: datetime | None = None
+        j = self.n - i
+        while j > 0:
+            current = self.tree[j]
+            if current is not None and (best is None or current < best):
+                best = current
+            j -= j & -j
+        return best
 
 
 def in_force(rec: Record, t: datetime, superseded: dict[int, datetime]) -> bool:

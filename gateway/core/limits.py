@@ -16,16 +16,32 @@ no further bookkeeping. Sources, as `binding` spells them: `connection_agreement
 - Envelope `ramp_s`: the envelope's limits move linearly, over ramp_s from its start, from the limits in
   force just before it started (without any ramping) to its own values; a quantity with no limit before
   it does not ramp.
+
+The limits at any instant come from a `LimitProfile` over the store's `Timeline`, built once per change
+of the store (and of the LDC link's state): a look-up, not a pass over every live instruction.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from gateway.core.instructions import Store, in_force, superseded_from
-from gateway.core.model import Envelope, Limits, Outage, Override, SiteParams
+from gateway.core.instructions import Record, Store
+from gateway.core.model import Limits, SiteParams
+from gateway.core.timeline import QUANTITIES, Slice, ramp_end, timeline
+
+__all__ = [
+    "BEFORE",
+    "UNLIMITED",
+    "Bound",
+    "InForce",
+    "LimitProfile",
+    "limits_at",
+    "merge",
+    "profile",
+    "ramp_end",
+]
 
 BEFORE = timedelta(microseconds=1)
 
@@ -68,65 +84,66 @@ def merge(params: SiteParams, sources: list[tuple[Limits, str]]) -> InForce:
 
 
 def limits_at(store: Store, params: SiteParams, t: datetime, ldc_lost: bool) -> InForce:
-    sources, zeroed_by, disconnect = _sources(store, params, t, ldc_lost, ramp=True)
-    return replace(merge(params, sources), zeroed_by=zeroed_by, disconnect=disconnect)
+    return profile(store, params, ldc_lost).at(t)
 
 
-def _sources(store: Store, params: SiteParams, t: datetime, ldc_lost: bool,
-             ramp: bool) -> tuple[list[tuple[Limits, str]], str | None, bool]:
-    sources: list[tuple[Limits, str]] = []
-    zeroed_by: str | None = None
-    disconnect = False
-    envelope_in_force = False
-    default = params.default_envelope
-    superseded = superseded_from(store)
-    for rec in store.live():
-        msg = rec.msg
-        if msg.type == "default_envelope":
-            default = msg.limits
-            continue
-        if not in_force(rec, t, superseded):
-            continue
-        if isinstance(msg, Envelope):
-            envelope_in_force = True
-            lim = msg.limits
-            if ramp and msg.ramp_s and t < ramp_end(msg):
-                lim = _ramped(store, params, msg, t, ldc_lost)
-            sources.append((lim, rec.ref))
-        elif isinstance(msg, Outage):
-            envelope_in_force = True
-            sources.append((Limits(export_limit_kw=msg.export_limit_kw, import_limit_kw=msg.import_limit_kw),
-                            rec.ref))
-        elif isinstance(msg, Override):
-            if msg.action == "hold":
-                if rec.hold_kw is not None:  # a hold not yet started by a cycle has no value yet
-                    sources.append((Limits(export_limit_kw=rec.hold_kw), rec.ref))
-            else:
-                sources.append((Limits(export_limit_kw=0.0, generation_limit_kw=0.0, load_limit_kw=0.0),
-                                rec.ref))
-                zeroed_by = zeroed_by or rec.ref
-                disconnect = disconnect or msg.action == "disconnect"
-    if ldc_lost and not envelope_in_force:
-        sources.append((default, "default_envelope"))
-    return sources, zeroed_by, disconnect
+def profile(store: Store, params: SiteParams, ldc_lost: bool) -> LimitProfile:
+    """The store's limit profile, built once per version of the store."""
+    return store.derived(("limits", params, ldc_lost), lambda: LimitProfile(store, params, ldc_lost))
 
 
-def ramp_end(env: Envelope) -> datetime:
-    """Where the envelope's ramp ends: start + ramp_s, but not past the envelope's end, after which it
-    does not matter; the cap also keeps a hostile ramp_s (1e300 s) from overflowing datetime arithmetic."""
-    return env.start + timedelta(seconds=min(env.ramp_s or 0.0, (env.end - env.start).total_seconds()))
+class LimitProfile:
+    """`merge` of the sources in force at any instant, as the timeline has them.
+
+    Per quantity the tightest source wins, the earliest received among equals (`merge` goes through the
+    sources in receipt order and keeps the earlier on a tie): the timeline's tightest constant limit,
+    set against the ramping envelopes' limits of the moment by (kw, receipt). Then the connection
+    agreement, which a source replaces only when strictly tighter, and the default envelope last.
+    """
+
+    def __init__(self, store: Store, params: SiteParams, ldc_lost: bool) -> None:
+        self.timeline = timeline(store)
+        self.params = params
+        self.ldc_lost = ldc_lost
+        self.default = self.timeline.default or params.default_envelope
+        self._before: dict[int, InForce] = {}  # per ramping envelope: the limits just before its start
+
+    def at(self, t: datetime, ramp: bool = True) -> InForce:
+        s = self.timeline.at(t)
+        best = list(s.constant)
+        for rec in s.ramping:
+            for i, kw in enumerate(self._ramped(rec, t) if ramp else _own(rec)):
+                if kw is not None and (best[i] is None or (kw, rec.seq) < best[i][:2]):
+                    best[i] = (kw, rec.seq, rec.ref)
+        return self._in_force(s, best)
+
+    def _in_force(self, s: Slice, best: list[tuple[float, int, str] | None]) -> InForce:
+        p = self.params
+        caps = (Bound(p.export_cap_kw, "connection_agreement"),
+                Bound(p.import_cap_kw, "connection_agreement"), UNLIMITED, UNLIMITED)
+        default = self.ldc_lost and not s.enveloped  # TDC-17: only once no received envelope is in force
+        out = []
+        for q, cap, source in zip(QUANTITIES, caps, best, strict=True):
+            bound = _tighter(cap, source[0], source[2]) if source is not None else cap
+            out.append(_tighter(bound, getattr(self.default, q), "default_envelope") if default else bound)
+        export, import_, generation, load = out
+        return InForce(export, import_, generation, load, zeroed_by=s.zeroed_by, disconnect=s.disconnect)
+
+    def _ramped(self, rec: Record, t: datetime) -> tuple[float | None, ...]:
+        env = rec.msg
+        prev = self._before.get(rec.seq)
+        if prev is None:
+            prev = self._before[rec.seq] = self.at(env.start - BEFORE, ramp=False)
+        frac = (t - env.start).total_seconds() / env.ramp_s  # 0 at start → 1 at start + ramp_s
+
+        def ramp(own: float | None, previous: Bound) -> float | None:
+            if own is None or math.isinf(previous.kw):
+                return own
+            return previous.kw + (own - previous.kw) * frac
+
+        return tuple(ramp(own, previous) for own, previous in
+                     zip(_own(rec), (prev.export, prev.import_, prev.generation, prev.load), strict=True))
 
 
-def _ramped(store: Store, params: SiteParams, env: Envelope, t: datetime, ldc_lost: bool) -> Limits:
-    before, _, _ = _sources(store, params, env.start - BEFORE, ldc_lost, ramp=False)
-    prev = merge(params, before)
-    frac = (t - env.start).total_seconds() / env.ramp_s  # 0 at start → 1 at start + ramp_s
-
-    def ramp(own: float | None, previous: Bound) -> float | None:
-        if own is None or math.isinf(previous.kw):
-            return own
-        return previous.kw + (own - previous.kw) * frac
-
-    lim = env.limits
-    return Limits(ramp(lim.export_limit_kw, prev.export), ramp(lim.import_limit_kw, prev.import_),
-                  ramp(lim.generation_limit_kw, prev.generation), ramp(lim.load_limit_kw, prev.load))
+def _own(rec: Record) -> tuple[float | None, ...]:
+    return tuple(getattr(rec.msg.limits, q) for q in QUANTITIES)

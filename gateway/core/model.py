@@ -30,6 +30,26 @@ class Limits:
 
 
 @dataclass(frozen=True)
+class RoleLimits:
+    """One number per issuing role."""
+
+    ieso: float
+    ldc: float
+
+    def of(self, role: str) -> float:
+        return self.ieso if role == "ieso" else self.ldc
+
+
+# What a real site sees: IESO sends a dispatch every 5 minutes with a window of 5 minutes to an hour (an
+# overlapping newer one supersedes the older), so a dozen are live at most; an LDC, a handful of envelopes,
+# outages and overrides. The caps leave ample room for both and keep a flood from making every decision
+# slow. Horizons: IESO's day-ahead schedule reaches into the next day; an LDC announces planned outages
+# days ahead (TDC-13).
+MAX_LIVE_INSTRUCTIONS = RoleLimits(ieso=100, ldc=50)
+MAX_HORIZON_S = RoleLimits(ieso=2 * 86400, ldc=7 * 86400)
+
+
+@dataclass(frozen=True)
 class SiteParams:
     site_id: str
     resource_id: str
@@ -42,6 +62,8 @@ class SiteParams:
     target_tolerance_kw: float = 1.0
     limit_margin_kw: float = 0.0  # closed-loop aims this far inside a PCC limit
     default_mode: str = "pv_available_battery_idle"
+    max_live_instructions: RoleLimits = MAX_LIVE_INSTRUCTIONS  # per role: more are TOO_MANY_INSTRUCTIONS
+    max_horizon_s: RoleLimits = MAX_HORIZON_S  # per role: a window starting later is OUT_OF_RANGE
 
     def __post_init__(self) -> None:
         # A bad configuration must stop the gateway at start, not surface as odd decisions later.
@@ -53,6 +75,9 @@ class SiteParams:
             raise ValueError("caps, tolerance and margin must be ≥ 0")
         if self.comms_timeout_s <= 0 or self.max_clock_skew_s < 0:
             raise ValueError("comms_timeout_s must be > 0 and max_clock_skew_s ≥ 0")
+        if min(self.max_live_instructions.ieso, self.max_live_instructions.ldc) < 1 \
+                or min(self.max_horizon_s.ieso, self.max_horizon_s.ldc) <= 0:
+            raise ValueError("max_live_instructions must be ≥ 1 and max_horizon_s > 0 for each role")
 
 
 @dataclass(frozen=True)

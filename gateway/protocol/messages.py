@@ -78,7 +78,7 @@ ResponseStatus = Literal["received", "accepted", "constrained", "rejected", "sta
 Reason = Literal["SCHEMA_INVALID", "UNSUPPORTED_VERSION", "UNAUTHORIZED", "WRONG_SITE", "UNKNOWN_RESOURCE",
                  "EXPIRED", "CLOCK_SKEW", "DUPLICATE_ID", "UNKNOWN_REF", "OUT_OF_RANGE",
                  "DISTRIBUTION_CONSTRAINT", "OVERRIDE_ACTIVE", "CONFLICTING_INSTRUCTION", "DEVICE_CAPACITY",
-                 "DEVICE_OFFLINE", "INTERNAL_ERROR"]
+                 "DEVICE_OFFLINE", "TOO_MANY_INSTRUCTIONS", "INTERNAL_ERROR"]
 Mode = Literal["normal", "constrained", "overridden", "failsafe"]
 
 

@@ -8,22 +8,32 @@ the lifecycle statuses the engine reported):
 - a disconnect or cease_to_energize always wins: every online device is commanded to 0 kW;
 - `serving` never lists two targets;
 - every inbound message with an id is answered `received` and then exactly one decision.
+
+And the instruction store's fast arithmetic (timeline, limit profile, superseded sweep) decides exactly as
+the straightforward reference in tests/core/reference.py, at every instant and in every response.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
+from unittest.mock import patch
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway.core import model as m
 from gateway.core.allocation import DeviceRange, controllable
+from gateway.core.arbitration import Context, assess, served_at
+from gateway.core.availability import windows
 from gateway.core.engine import Cycle
+from gateway.core.instructions import superseded_from
+from gateway.core.limits import BEFORE, limits_at
 from gateway.core.outbound import Outbound, Response
+from tests.core import reference
 from tests.core.script import PARAMS, Site, message
 
 EPS = 1e-6
@@ -256,3 +266,83 @@ def test_tdc_08_the_metered_export_settles_within_the_limits_whatever_the_device
         assert site.pcc_kw <= export + tol, (site.pcc_kw, site.last.decision if site.last else None)
     if highest >= -import_ + margin:
         assert site.pcc_kw >= -import_ - tol, (site.pcc_kw, site.last.decision if site.last else None)
+
+
+# ---- the fast decision is the reference decision ------------------------------------------------------
+# tests/core/reference.py is the instruction store's arithmetic as it was before the rework for cost
+# (O(n³)); the reworked one must decide exactly the same, response for response and float for float.
+
+ramped_envelope = windowed("envelope", export_limit_kw=limit, import_limit_kw=limit,
+                           generation_limit_kw=limit, load_limit_kw=limit,
+                           replaces=st.one_of(st.none(), st.integers(0, 30)),
+                           ramp_s=st.sampled_from([None, 0.0, 1e-9, 5.0, 60.0, 1e300]))
+coarse = st.builds(lambda k, s, d, t: (k, {"start": 10 * s, "end": 10 * (s + d), "target_kw": t}),
+                   st.sampled_from(["dispatch", "service"]), st.integers(-3, 30), st.integers(1, 30), kw)
+reference_steps = st.one_of(steps, ramped_envelope, coarse)  # coarse: windows that share edges
+
+
+def run(script: list, config: dict, check: Callable[[Site], None] | None = None) -> list[Any]:
+    """Everything the engine says over the script (the site's outbound and each cycle), checking the
+    store against the reference after every step when `check` is given."""
+    params = replace(PARAMS, dual_participation_priority=config["priority"], limit_margin_kw=config["margin"])
+    site = Site(params, load_kw=config["load"], keep_alive=False)
+    ids: list[str] = []
+    said: list[Any] = []
+    for n, (kind, arg) in enumerate(script):
+        seconds = 1.0
+        if kind == "time":
+            seconds = float(arg)
+        elif kind == "device":
+            dev_id, online, stale, available = arg
+            site.set_device(dev_id, online=online, stale=stale and online, available_kw=available,
+                            max_charge_kw=available if dev_id == "bess1" else 0.0)
+        elif kind == "meter":
+            site.meter_online = arg
+        elif kind == "load":
+            site.load_kw = arg
+        else:
+            fields = dict(arg)
+            if kind == "cancel":
+                fields["ref"] = ids[fields["ref"] % len(ids)] if ids else "nothing"
+            if kind == "envelope" and fields["replaces"] is not None:
+                fields["replaces"] = ids[fields["replaces"] % len(ids)] if ids else None
+            msg = message(kind, f"{kind}-{n}", site.now, **fields)
+            ids.append(msg.id)
+            said.append(site.receive(msg))
+            if check:
+                check(site)
+        said.append(site.cycle(seconds))
+        if check:
+            check(site)
+    return said
+
+
+def same_as_reference(site: Site) -> None:
+    engine = site.engine
+    store, params, now = engine.state.store, engine.params, site.now
+    assert superseded_from(store) == reference.superseded_from(store)
+    assert windows(store, params) == reference.windows(store, params)
+    instants = {now} | {t + d for r in store.live() for t in reference.edges_of(r)
+                        for d in (timedelta(0), -BEFORE, timedelta(seconds=1.5))}
+    for t in sorted(instants):
+        for lost in (False, True):
+            assert limits_at(store, params, t, lost) == reference.limits_at(store, params, t, lost), t
+        for priority in m.ROLES:
+            assert served_at(store, t, priority) == reference.served_at(store, t, priority), t
+    view = engine.state.view
+    for lost in (False, True):
+        ctx = Context(params, now, lost, view.dev if view else None, view.load_kw if view else 0.0)
+        for rec in store.live():
+            if isinstance(rec.msg, m.Dispatch | m.Service):
+                assert assess(store, rec, ctx) == reference.assess(store, rec, ctx), rec.ref
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(config=configs, script=st.lists(reference_steps, min_size=5, max_size=30))
+def test_the_decision_is_exactly_the_reference_decision(config: dict, script: list) -> None:
+    fast = run(script, config, check=same_as_reference)
+    with patch.multiple("gateway.core.engine", assess=reference.assess, served_at=reference.served_at,
+                        limits_at=reference.limits_at, superseded_from=reference.superseded_from,
+                        windows=reference.windows):
+        slow = run(script, config)
+    assert fast == slow

@@ -1,14 +1,20 @@
-"""PROTOCOL rules on inbound messages at the core (TDC-02 … TDC-06, TDC-16, OUT_OF_RANGE)."""
+"""PROTOCOL rules on inbound messages at the core (TDC-02 … TDC-06, TDC-16, OUT_OF_RANGE, the caps)."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
+import tomli_w
 
-from gateway.core.model import Invalid
+from gateway.app import site_params
+from gateway.config import SiteFileError, load_site
+from gateway.core.model import Invalid, RoleLimits
 from gateway.core.outbound import Availability, ErrorMsg, Response
-from tests.core.script import T0, Site, message
+from simulators.example_site import example_site
+from tests.core.script import PARAMS, T0, Site, message
 
 
 def decisions(out: list) -> list[tuple[str, str | None]]:
@@ -188,3 +194,103 @@ def test_tdc_16_cancelling_the_default_envelope_brings_back_the_configured_one()
     site.send("cancel", "c1", issuer="ldc", ref="de1")
     site.advance(100)
     assert site.cycle().decision.export_limit_kw == 50.0  # the site configuration's default
+
+
+# ---- bounded: how far ahead a window may start, how many instructions may be live ----------------------
+CAPPED = replace(PARAMS, max_live_instructions=RoleLimits(ieso=3, ldc=2),
+                 max_horizon_s=RoleLimits(ieso=3600.0, ldc=86400.0))
+
+
+@pytest.mark.parametrize(("msg_type", "fields", "horizon"), [
+    ("dispatch", {"target_kw": 10.0}, 3600), ("service", {"target_kw": 10.0}, 86400),
+    ("envelope", {"export_limit_kw": 10.0}, 86400), ("outage", {}, 86400),
+    ("override", {"action": "hold"}, 86400),
+])
+def test_tdc_05_a_window_starting_beyond_the_role_horizon_is_out_of_range_and_changes_nothing(
+        msg_type: str, fields: dict, horizon: int) -> None:
+    site = Site(CAPPED)
+    before = site.engine.snapshot()
+    out = site.send(msg_type, "x1", start=horizon + 1, end=horizon + 600, **fields)
+    assert decisions(out) == [("received", None), ("rejected", "OUT_OF_RANGE")]
+    role = out[0].role
+    assert out[1].detail == (f"start is {horizon + 1} s ahead, beyond the {horizon} s this site accepts from "
+                             f"{role} ([site] max_horizon_s.{role})")
+    assert site.engine.snapshot() == before
+    out = site.send(msg_type, "x2", start=horizon, end=horizon + 600, **fields)  # at the horizon: fine
+    assert decisions(out)[1][0] in ("accepted", "constrained")
+
+
+def test_tdc_05_the_default_horizons_are_two_days_for_ieso_and_a_week_for_the_ldc() -> None:
+    site = Site()
+    day = 86400
+    assert decisions(site.send("dispatch", "d1", target_kw=1.0, start=2 * day, end=2 * day + 300))[1] == (
+        "accepted", None)
+    assert decisions(site.send("dispatch", "d2", target_kw=1.0, start=2 * day + 1, end=3 * day))[1] == (
+        "rejected", "OUT_OF_RANGE")
+    assert decisions(site.send("outage", "o1", start=7 * day, end=7 * day + 60))[1] == ("accepted", None)
+    assert decisions(site.send("outage", "o2", start=7 * day + 1, end=8 * day))[1] == (
+        "rejected", "OUT_OF_RANGE")
+
+
+def test_tdc_01_an_instruction_over_the_role_cap_is_too_many_instructions_and_changes_nothing() -> None:
+    site = Site(CAPPED)
+    for i in range(3):
+        assert decisions(site.send("dispatch", f"d{i}", target_kw=10.0, start=300 * (i + 1),
+                                   end=300 * (i + 2)))[1] == ("accepted", None)
+    site.cycle()
+    before = site.engine.snapshot()
+    out = site.send("dispatch", "d3", target_kw=10.0, start=1200, end=1500)
+    assert decisions(out) == [("received", None), ("rejected", "TOO_MANY_INSTRUCTIONS")]
+    assert out[1].detail == ("3 instructions from ieso are live, the most this site accepts "
+                             "([site] max_live_instructions.ieso = 3); cancel one or wait for one to end")
+    assert site.engine.snapshot() == before
+    # the other role has its own cap; a repeat of a live one is answered again (TDC-06); a cancel frees room
+    assert decisions(site.send("envelope", "e1", export_limit_kw=100.0))[1] == ("accepted", None)
+    again = site.receive(message("dispatch", "d0", T0, target_kw=10.0, start=300, end=600))
+    assert decisions(again)[1] == ("accepted", None)
+    assert decisions(site.send("cancel", "c1", issuer="ieso", ref="d1"))[1] == ("accepted", None)
+    out = site.send("dispatch", "d3", target_kw=10.0, start=1200, end=1500)
+    assert decisions(out)[1] == ("accepted", None)
+
+
+def test_tdc_01_at_the_cap_a_default_envelope_still_replaces_the_live_one() -> None:
+    site = Site(CAPPED)
+    site.send("default_envelope", "de1", export_limit_kw=40.0)
+    site.send("envelope", "e1", export_limit_kw=100.0)
+    out = site.send("envelope", "e2", export_limit_kw=90.0)
+    assert decisions(out)[1] == ("rejected", "TOO_MANY_INSTRUCTIONS")
+    out = site.send("default_envelope", "de2", export_limit_kw=30.0)
+    assert decisions(out) == [("received", None), ("accepted", None), ("superseded", None)]
+    assert site.engine.state.store.count("ldc") == 2
+
+
+def test_tdc_11_at_the_cap_a_trip_is_still_accepted_up_to_twice_the_cap() -> None:
+    site = Site(CAPPED)
+    site.send("envelope", "e1", export_limit_kw=100.0)
+    site.send("envelope", "e2", export_limit_kw=90.0)
+    assert decisions(site.send("override", "h1", action="hold"))[1] == ("rejected", "TOO_MANY_INSTRUCTIONS")
+    assert decisions(site.send("override", "t1", action="cease_to_energize"))[1] == ("accepted", None)
+    assert decisions(site.send("override", "t2", action="disconnect"))[1] == ("accepted", None)
+    assert site.cycle().decision.export_limit_kw == 0.0
+    before = site.engine.snapshot()
+    out = site.send("override", "t3", action="disconnect")
+    assert decisions(out)[1] == ("rejected", "TOO_MANY_INSTRUCTIONS")
+    assert out[1].detail == ("4 instructions from ldc are live, the most this site accepts (twice [site] "
+                             "max_live_instructions.ldc = 2 for a disconnect); cancel one or wait for one "
+                             "to end")
+    assert site.engine.snapshot() == before
+
+
+def test_caps_come_from_the_site_file_and_a_bad_one_names_the_field(tmp_path: Path) -> None:
+    data = example_site().model_dump(mode="json", exclude_none=True)
+    data["site"]["max_live_instructions"] = {"ieso": 12}
+    data["site"]["max_horizon_s"] = {"ldc": 3600}
+    path = tmp_path / "site.toml"
+    path.write_text(tomli_w.dumps(data))
+    params = site_params(load_site(path))
+    assert params.max_live_instructions == RoleLimits(ieso=12, ldc=50)
+    assert params.max_horizon_s == RoleLimits(ieso=172800, ldc=3600)
+    data["site"]["max_live_instructions"] = {"ieso": 0}
+    path.write_text(tomli_w.dumps(data))
+    with pytest.raises(SiteFileError, match=r"site\.max_live_instructions\.ieso"):
+        load_site(path)

@@ -6,6 +6,7 @@ Driven only through MQTT on a real mosquitto, against the simulated site.
 from __future__ import annotations
 
 import json
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -158,3 +159,23 @@ async def test_tdc_06_repeated_id_is_answered_again_and_applied_once(rig: Rig) -
     # and the original still runs
     t = await rig.telemetry(start=len(rig.peer.messages))
     assert t["serving"] == [{"ref": "d-06", "kw": pytest.approx(110.0)}]
+
+
+async def test_tdc_05_and_the_live_cap_over_mqtt_a_window_too_far_ahead_or_one_too_many_is_refused(
+        make_rig: Callable[..., Awaitable[Rig]]) -> None:
+    rig = await make_rig(max_live_instructions={"ieso": 2, "ldc": 5}, max_horizon_s={"ieso": 3600})
+    common = {"product": "energy", "kind": "algorithmic", "target_kw": 50.0}
+    mark = await rig.send("ieso", "dispatch", "far-1", start=3700, end=4000, **common)
+    far = await rig.response("far-1", "rejected", role="ieso", start=mark)
+    assert far["reason"] == "OUT_OF_RANGE" and "max_horizon_s.ieso" in far["detail"]
+    for i in (1, 2):
+        mark = await rig.send("ieso", "dispatch", f"ahead-{i}", start=600 * i, end=600 * i + 300, **common)
+        await rig.response(f"ahead-{i}", "accepted", role="ieso", start=mark)
+    before = json.dumps(rig.gateway.engine.snapshot()["state"]["store"], sort_keys=True)
+    mark = await rig.send("ieso", "dispatch", "ahead-3", start=1800, end=2100, **common)
+    over = await rig.response("ahead-3", "rejected", role="ieso", start=mark)
+    assert over["reason"] == "TOO_MANY_INSTRUCTIONS" and "max_live_instructions.ieso = 2" in over["detail"]
+    assert json.dumps(rig.gateway.engine.snapshot()["state"]["store"], sort_keys=True) == before
+    mark = await rig.send("ldc", "envelope", "e-cap", export_limit_kw=200.0, reason="thermal",
+                          start=0, end=60)
+    await rig.response("e-cap", "accepted", role="ldc", start=mark)  # the LDC's cap is its own

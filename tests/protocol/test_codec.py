@@ -4,8 +4,10 @@ core's domain values; outbound messages encode, validate and round-trip; the JSO
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from pathlib import Path
+from typing import Any, get_args
 
 import pytest
 
@@ -288,6 +290,18 @@ def test_json_schema_exports_every_message_and_every_reference_resolves() -> Non
     assert dispatch["properties"]["issued_at"]["format"] == "date-time"
     assert dispatch["properties"]["id"]["maxLength"] == 128
     assert defs["Envelope"]["properties"]["export_limit_kw"]["anyOf"][0]["minimum"] == 0
+
+
+def test_the_shipped_schema_and_protocol_document_are_the_code_s() -> None:
+    """docs/tdc-v1.schema.json is what `der-gateway schema` writes, and PROTOCOL §4 lists every reason the
+    code can send (e.g. TOO_MANY_INSTRUCTIONS): a change to the messages must regenerate the one and
+    update the other."""
+    docs = Path(__file__).resolve().parents[2] / "docs"
+    assert json.loads((docs / "tdc-v1.schema.json").read_text()) == json.loads(json.dumps(json_schema())), (
+        "docs/tdc-v1.schema.json is stale: run der-gateway schema --out docs/tdc-v1.schema.json")
+    protocol = (docs / "PROTOCOL.md").read_text()
+    listed = protocol[protocol.index("Reasons: "):protocol.index("**error**")]
+    assert set(re.findall(r"`([A-Z_]+)`", listed)) == set(get_args(wire.Reason))
 
 
 def test_everything_the_engine_says_in_a_busy_hour_encodes() -> None:
