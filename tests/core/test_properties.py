@@ -176,34 +176,42 @@ def check_cycle(c: Cycle, lim: dict[str, Any], devices: list[m.DeviceReading],
         assert c.mode == "overridden"
 
 
+def script_step(site: Site, n: int, kind: str, arg: Any, ids: list[str]) -> tuple[float, m.Inbound | None]:
+    """Step `n` of a script: the seconds the cycle after it runs, and the message to send, if it is one
+    (its refs among `ids`, the ids sent so far, to which it is added); other steps change the site."""
+    if kind == "time":
+        return float(arg), None
+    if kind == "device":
+        dev_id, online, stale, available = arg
+        site.set_device(dev_id, online=online, stale=stale and online, available_kw=available,
+                        max_charge_kw=available if dev_id == "bess1" else 0.0)
+    elif kind == "meter":
+        site.meter_online = arg
+    elif kind == "load":
+        site.load_kw = arg
+    else:
+        fields = dict(arg)
+        if kind == "cancel":
+            fields["ref"] = ids[fields["ref"] % len(ids)] if ids else "nothing"
+        if kind == "envelope" and fields["replaces"] is not None:
+            fields["replaces"] = ids[fields["replaces"] % len(ids)] if ids else None
+        msg = message(kind, f"{kind}-{n}", site.now, **fields)
+        ids.append(msg.id)
+        return 1.0, msg
+    return 1.0, None
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(config=configs, script=st.lists(steps, min_size=5, max_size=40))
 def test_limits_hold_an_override_always_wins_and_serving_never_lists_two(config: dict, script: list) -> None:
     params = replace(PARAMS, dual_participation_priority=config["priority"], limit_margin_kw=config["margin"])
     site = Site(params, load_kw=config["load"], keep_alive=False)
     oracle = Oracle(site.now)
-    ids: list[tuple[str, str]] = []
+    ids: list[str] = []
     for n, (kind, arg) in enumerate(script):
-        seconds = 1.0
-        if kind == "time":
-            seconds = float(arg)
-        elif kind == "device":
-            dev_id, online, stale, available = arg
-            site.set_device(dev_id, online=online, stale=stale and online, available_kw=available,
-                            max_charge_kw=available if dev_id == "bess1" else 0.0)
-        elif kind == "meter":
-            site.meter_online = arg
-        elif kind == "load":
-            site.load_kw = arg
-        else:
-            fields = dict(arg)
-            if kind == "cancel":
-                fields["ref"] = ids[fields["ref"] % len(ids)][1] if ids else "nothing"
-            if kind == "envelope" and fields["replaces"] is not None:
-                fields["replaces"] = ids[fields["replaces"] % len(ids)][1] if ids else None
-            msg = message(kind, f"{kind}-{n}", site.now, **fields)
+        seconds, msg = script_step(site, n, kind, arg, ids)
+        if msg is not None:
             oracle.sent[(msg.issuer, msg.id)] = msg
-            ids.append((msg.issuer, msg.id))
             if msg.issuer == "ldc":
                 oracle.last_ldc = site.now
             out = site.receive(msg)
@@ -289,25 +297,8 @@ def run(script: list, config: dict, check: Callable[[Site], None] | None = None)
     ids: list[str] = []
     said: list[Any] = []
     for n, (kind, arg) in enumerate(script):
-        seconds = 1.0
-        if kind == "time":
-            seconds = float(arg)
-        elif kind == "device":
-            dev_id, online, stale, available = arg
-            site.set_device(dev_id, online=online, stale=stale and online, available_kw=available,
-                            max_charge_kw=available if dev_id == "bess1" else 0.0)
-        elif kind == "meter":
-            site.meter_online = arg
-        elif kind == "load":
-            site.load_kw = arg
-        else:
-            fields = dict(arg)
-            if kind == "cancel":
-                fields["ref"] = ids[fields["ref"] % len(ids)] if ids else "nothing"
-            if kind == "envelope" and fields["replaces"] is not None:
-                fields["replaces"] = ids[fields["replaces"] % len(ids)] if ids else None
-            msg = message(kind, f"{kind}-{n}", site.now, **fields)
-            ids.append(msg.id)
+        seconds, msg = script_step(site, n, kind, arg, ids)
+        if msg is not None:
             said.append(site.receive(msg))
             if check:
                 check(site)
