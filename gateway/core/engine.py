@@ -335,16 +335,20 @@ class Engine:
             export_load = min(low, low_estimate(recent), self._metered_load_bound(ctrl, meter_ok.p_kw))
         margin = params.limit_margin_kw
         lo, hi = device_window(eff, dev)
-        # No meter, no loop (the device total stays within the PCC limits); and a device that stopped or
-        # started following changes the split the trims were correcting: they start afresh.
-        if meter_ok is None or follow.changes:
+        # No meter, no loop (the device total stays within the PCC limits); a device that stopped or
+        # started following changes the split the trims were correcting: they start afresh. So they do
+        # under disconnect / cease_to_energize: the devices are told 0 whatever the total, so what the
+        # meter shows then is not the total's doing.
+        if meter_ok is None or follow.changes or eff.zeroed_by:
             st.trim = Trim()
         else:  # the trims as they stand, then moved by what the meter says (anti-windup: feedback.py)
             low, high = total_window(load, eff, dev, margin, export_load, st.trim)
             applied = device_total(target.kw, load, eff, dev, margin, export_load, st.trim)
             st.trim = update(st.trim, Loop(meter_ok.p_kw, applied, eff.export.kw, eff.import_.kw, margin,
                                            target.kw, served is not None, params.target_tolerance_kw,
-                                           follow.converging_kw, applied - lo.kw, hi.kw - applied,
+                                           follow.converging_kw, new_readings,
+                                           all(d.connected for d in ctrl) and not follow.moving,
+                                           applied - lo.kw, hi.kw - applied,
                                            applied - low, high - applied, _share(ctrl, follow.drifting)))
         total = device_total(target.kw, load, eff, dev, margin, export_load, st.trim)
         st.trim.total_kw = total

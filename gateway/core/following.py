@@ -12,7 +12,10 @@ back, once its output is within tolerance of that command.
 A device on its way to a new command (its output moved towards it since the last reading: a ramp, an
 enter-service ramp after a reconnect) is *converging*: that part of the metered error goes away by
 itself, and the closed loop (feedback.py) leaves it alone. A deviation that does not move is the loop's
-to correct, at once, long before the device is declared not following (it is *drifting*).
+to correct, at once, long before the device is declared not following (it is *drifting*). A following
+device whose output moved by more than its tolerance since its last reading is *moving*: the meter does
+not show the site at rest (a PV on its enter-service ramp reports the power it has as its output, so it
+never deviates, yet it is still on its way).
 
 Times are monotonic seconds. A stale reading (old) tells nothing new: its device's track is left as it
 is; an offline device has none, nor has a device that says it is out of service (tripped, or waiting its
@@ -56,6 +59,7 @@ class Following:
     drifting: frozenset[str]  # still counted as following, off their command and not converging to it
     # What devices still converging to their commands add to the PCC now: the metered error they explain.
     converging_kw: float
+    moving: frozenset[str] = frozenset()  # following devices whose output moved by more than their tolerance
     changes: tuple[Change, ...] = field(default=())
 
 
@@ -79,7 +83,7 @@ def track(tracks: dict[str, Track], devices: list[DeviceReading], commanded: dic
     online = {d.id for d in devices if d.online}
     for gone in [i for i in tracks if i not in online]:
         del tracks[gone]
-    converging, changes, drifting = 0.0, [], set()
+    converging, changes, drifting, moving = 0.0, [], set(), set()
     for d in devices:
         if not d.online or d.kind not in ("pv", "battery") or d.id not in commanded:
             continue
@@ -94,6 +98,8 @@ def track(tracks: dict[str, Track], devices: list[DeviceReading], commanded: dic
         moved = 0.0 if t.p_kw is None else d.p_kw - t.p_kw
         towards = moved * dev < 0 and abs(moved) > MOVING_FRACTION * d.rated_kw
         t.p_kw = d.p_kw
+        if t.following and abs(moved) > tolerance_kw(d, params):
+            moving.add(d.id)
         if abs(dev) <= tolerance_kw(d, params):
             t.since = None
             if not t.following:
@@ -116,4 +122,4 @@ def track(tracks: dict[str, Track], devices: list[DeviceReading], commanded: dic
             t.resend_at = mono + response
     not_following = frozenset(i for i, t in tracks.items() if not t.following)
     return Following(not_following, frozenset(resend), frozenset(drifting - not_following), converging,
-                     tuple(changes))
+                     frozenset(moving), tuple(changes))

@@ -145,8 +145,8 @@ def test_the_export_trim_only_ever_takes_export_away() -> None:
     """Integral action on a limit: grows while the meter is beyond it, unwinds only while it is within it
     less the margin, never below zero, never by more than the devices can still give."""
     x = Loop(pcc_kw=110.0, total_kw=200.0, export_kw=100.0, import_kw=50.0, margin_kw=1.0, target_kw=100.0,
-             tracking=True, tolerance_kw=1.0, converging_kw=0.0, room_down_kw=4.0, room_up_kw=0.0,
-             target_room_down_kw=0.0, target_room_up_kw=0.0)
+             tracking=True, tolerance_kw=1.0, converging_kw=0.0, fresh=True, at_rest=True,
+             room_down_kw=4.0, room_up_kw=0.0, target_room_down_kw=0.0, target_room_up_kw=0.0)
     steady = Trim(total_kw=200.0)
     assert update(steady, x).export_kw == 4.0  # the devices have 4 kW left to give
     assert update(steady, replace(x, room_down_kw=50.0)).export_kw == 10.0
@@ -158,6 +158,24 @@ def test_the_export_trim_only_ever_takes_export_away() -> None:
     assert update(Trim(export_kw=3.0, total_kw=200.0), within).export_kw == 3.0
     below = replace(x, pcc_kw=90.0)
     assert update(Trim(export_kw=3.0, total_kw=200.0), below).export_kw == 0.0
+    # the devices' outputs still moving (a ramp the devices report as their available power), or one
+    # waiting to enter service: the limit trim acts all the same
+    assert update(steady, replace(x, at_rest=False)).export_kw == 4.0
+    # not on new readings (a cycle an instruction triggers): the meter shows nothing new
+    assert update(steady, replace(x, fresh=False)).export_kw == 0.0
+
+
+def test_tdc_08_the_target_trim_waits_for_the_site_to_be_at_rest() -> None:
+    """After a reconnect the PVs ramp up for many cycles, their output reported as their available
+    power (so they never deviate): a target trim that integrated the shortfall meanwhile put the demo's
+    site 100 kW over its target once they arrived."""
+    x = Loop(pcc_kw=50.0, total_kw=350.0, export_kw=300.0, import_kw=400.0, margin_kw=1.0, target_kw=200.0,
+             tracking=True, tolerance_kw=3.0, converging_kw=0.0, fresh=True, at_rest=False,
+             room_down_kw=350.0, room_up_kw=200.0, target_room_down_kw=350.0,
+             target_room_up_kw=200.0)
+    steady = Trim(total_kw=350.0)
+    assert update(steady, x).target_kw == 0.0  # still ramping: the meter does not show the site at rest
+    assert update(steady, replace(x, at_rest=True)).target_kw == 75.0  # at rest: GAIN of the error
 
 
 def test_a_deviation_is_what_the_command_does_not_explain() -> None:
@@ -184,3 +202,25 @@ def test_a_device_converging_to_its_command_is_not_counted_against_it() -> None:
     assert not f.not_following  # its response time counts from its last move towards its command
     f = track(tracks, [replace(d, p_kw=150.0)], {"pv1": 100.0}, PARAMS, 15.0)
     assert f.not_following == {"pv1"} and f.resend == {"pv1"}
+
+
+def test_tdc_15_instructions_back_to_back_after_a_disconnect_do_not_wind_the_loop_up() -> None:
+    """The demo's step 9: the disconnect and the hold cancelled one after the other. Each instruction
+    triggers a cycle on the last readings (the site still at 0); to the second one the total looked
+    steady, and its trim took the whole shortfall: the export went to its 300 kW limit, 100 kW over the
+    200 kW target, once the devices arrived."""
+    site = Site(load_kw=150.0)
+    site.send("envelope", "e1", export_limit_kw=300.0, import_limit_kw=400.0)
+    site.send("dispatch", "d1", target_kw=200.0)
+    site.settle()
+    site.send("override", "hold", action="hold", reason="switching", issuer="ldc")
+    site.send("override", "trip", action="disconnect", reason="protection", issuer="ldc")
+    site.settle(10)
+    assert site.pcc_kw == pytest.approx(-150.0)
+    for msg_id, ref in (("release-trip", "trip"), ("release-hold", "hold")):
+        site.send("cancel", msg_id, ref=ref, issuer="ldc")
+        readings = list(site.devices.values())
+        site.engine.cycle(site.now, site.meter(), readings, new_readings=False)  # as the app does
+    after = [site.cycle() and site.pcc_kw for _ in range(10)]
+    assert max(after) <= 200.0 + PARAMS.target_tolerance_kw, after
+    assert abs(after[-1] - 200.0) <= PARAMS.target_tolerance_kw
