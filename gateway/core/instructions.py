@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Hashable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from gateway.core.model import ROLES, Dispatch, Envelope, Instruction, Service
 
@@ -51,9 +51,11 @@ class Record:
         return f"{self.msg.type}:{self.msg.id}"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Seen:
     """A message id answered with a decision; a repeat gets the same decision again."""
+
+    json_once: ClassVar[bool] = True  # serde.to_jsonable
 
     type: str
     digest: str
@@ -117,8 +119,9 @@ class Store:
         del self._live[rec.seq]
         self.version += 1
         entry = self.seen[rec.msg.issuer].get(rec.msg.id)
-        if entry is not None:
-            entry.keep_until = max(entry.keep_until or now, now + SEEN_RETENTION)
+        if entry is not None:  # replaced, not changed: frozen, so that its JSON is made once (serde.py)
+            self.seen[rec.msg.issuer][rec.msg.id] = replace(
+                entry, keep_until=max(entry.keep_until or now, now + SEEN_RETENTION))
 
     def prune(self, now: datetime) -> None:
         for by_id in self.seen.values():

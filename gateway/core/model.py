@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Literal
+from typing import ClassVar, Literal
 
 Role = Literal["ieso", "ldc"]
 ROLES: tuple[Role, ...] = ("ieso", "ldc")
@@ -151,6 +151,8 @@ class Serving:
 
 @dataclass(frozen=True, kw_only=True)
 class Message:
+    json_once: ClassVar[bool] = True  # nothing in a message changes: serde.to_jsonable makes its form once
+
     id: str
     issuer: Role
     issued_at: datetime

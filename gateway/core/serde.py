@@ -21,10 +21,24 @@ def transient(**kwargs: Any) -> Any:
     return dataclasses.field(metadata={"transient": True}, **kwargs)
 
 
+JSON_CACHE = "_jsonable"  # where an instance of a `json_once` class keeps its JSON-able form once made
+
+
 def to_jsonable(obj: Any) -> Any:
+    """The JSON-able form of `obj`. Do not change what it returns: the form of an instance of a frozen
+    dataclass that says `json_once: ClassVar[bool] = True` (none of its fields can change, all the way
+    down: an inbound message, a seen id) is made once and kept on the instance, so that the engine's
+    snapshot each cycle costs nothing for the thousands of them that stay as they were, and the store
+    knows such a part unchanged by identity (StateStore.save_engine)."""
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)
-                if not f.metadata.get("transient")}
+        once = getattr(obj, "json_once", False)
+        if once and JSON_CACHE in obj.__dict__:
+            return obj.__dict__[JSON_CACHE]
+        out = {f.name: to_jsonable(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+               if not f.metadata.get("transient")}
+        if once:
+            obj.__dict__[JSON_CACHE] = out  # past the frozen __setattr__: not a field, compares as none
+        return out
     if isinstance(obj, datetime):
         return obj.isoformat()
     if isinstance(obj, bytes):

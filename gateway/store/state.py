@@ -67,6 +67,10 @@ class StateStore:
         self._on_disk: dict[str, bytes] | None = None  # the engine parts as committed: path → digest
         self._pending: dict[str, bytes] | None = None  # as the open transaction leaves them
         self._legacy_gone = False  # the one-row snapshot of older versions has been deleted
+        # Each part's value as last saved, with its key and digest: a value that is the very same object
+        # this time (a seen id's, a message's: made once, serde.to_jsonable) is not encoded again, so a
+        # cycle costs nothing for the thousands of parts that did not change.
+        self._known: dict[PartPath, tuple[Any, str, bytes]] = {}
 
     # ---- key-value ----------------------------------------------------------------------------------
     def save(self, key: str, value: Any) -> None:
@@ -82,10 +86,22 @@ class StateStore:
         """Write the parts that changed since the last save, delete those that are gone (call inside
         `Store.transaction`); returns the bytes of JSON written."""
         on_disk = self._committed()
-        texts = {json.dumps(list(path)): json.dumps(value, sort_keys=True)
-                 for path, value in split(snapshot).items()}
-        digests = {path: _digest(text) for path, text in texts.items()}
-        changed = [(path, texts[path]) for path, d in digests.items() if on_disk.get(path) != d]
+        digests: dict[str, bytes] = {}
+        changed: list[tuple[str, str]] = []
+        known: dict[PartPath, tuple[Any, str, bytes]] = {}
+        for path, value in split(snapshot).items():
+            last = self._known.get(path)
+            if last is not None and last[0] is value:  # the same unchangeable object (serde.to_jsonable)
+                key, digest = last[1], last[2]
+                text = None
+            else:
+                key, text = json.dumps(list(path)), json.dumps(value, sort_keys=True)
+                digest = _digest(text)
+            known[path] = (value, key, digest)
+            digests[key] = digest
+            if on_disk.get(key) != digest:
+                changed.append((key, json.dumps(value, sort_keys=True) if text is None else text))
+        self._known = known
         gone = [(path,) for path in on_disk if path not in digests]
         if changed:
             self.conn.executemany("INSERT OR REPLACE INTO engine_parts (path, value) VALUES (?, ?)", changed)

@@ -17,6 +17,7 @@ import pytest
 
 from gateway.app import site_params
 from gateway.core.engine import Engine
+from gateway.core.instructions import SEEN_RETENTION
 from gateway.core.outbound import Response
 from gateway.journal import Journal, _keep_transient, unwritten
 from gateway.protocol.codec import decode_inbound
@@ -329,3 +330,20 @@ def test_a_rollback_restores_what_is_persisted_and_keeps_what_belongs_to_the_pro
     _keep_transient(live, restored)
     assert restored == _State(_Inner(wall=1, mono=7.5), {}, ramp="under way")
 
+
+
+def test_tdc_19_a_seen_id_kept_longer_once_its_instruction_ends_is_written_again(tmp_path: Path) -> None:
+    # a seen id's JSON is made once and its part known unchanged by identity (serde.to_jsonable,
+    # StateStore.save_engine): the one that changes must be a new object, and be written
+    store = Store(tmp_path / "gw.sqlite", 100)
+    engine = engine_with(0)
+    engine.receive(dispatch("d-1", 10.0), NOW)
+    save(store, engine)
+    assert save(store, engine) == 0  # nothing changed: nothing written, nothing encoded again
+    ended = NOW + timedelta(hours=1)
+    engine.state.store.drop(engine.state.store.records["ieso"]["d-1"], ended)
+    assert save(store, engine) > 0
+    restored = Engine(PARAMS, NOW)
+    restored.restore(store.state.load_engine())
+    assert restored.state.store.seen["ieso"]["d-1"].keep_until == ended + SEEN_RETENTION
+    assert "d-1" not in restored.state.store.records["ieso"]
