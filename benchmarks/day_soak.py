@@ -54,8 +54,9 @@ import aiohttp
 import tomli_w
 from prometheus_client.parser import text_string_to_metric_families
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.fuzz.hostile: the hostile cases
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.fuzz.hostile, benchmarks.fuzz_soak
 
+from benchmarks.fuzz_soak import rss_kib
 from gateway.north.mqtt import MqttPeer
 from gateway.protocol.codec import decode_inbound
 from simulators.example_site import example_site
@@ -105,13 +106,6 @@ class Part:
     legit: int = 0
     hostile: int = 0
     hostile_problems: list[str] = field(default_factory=list)
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmRSS for {pid}")
 
 
 def cpu_s(pid: int) -> float:

@@ -263,9 +263,9 @@ class Gateway:
         received, unanswered and not yet acknowledged."""
         waiting = asyncio.ensure_future(written)
         if not (await asyncio.wait({waiting}, timeout=SLOW_JOURNAL_S))[0]:
+            kind, role = (msg.msg_type, msg.role) if isinstance(msg, Invalid) else (msg.type, msg.issuer)
             log.warning("%s %s from %s (%s) waits for the store: not answered until it is written",
-                        msg.type if not isinstance(msg, Invalid) else msg.msg_type, msg.id,
-                        msg.issuer if not isinstance(msg, Invalid) else msg.role, source)
+                        kind, msg.id, role, source)
         return await waiting
 
     async def _instruction_settled(self) -> None:
