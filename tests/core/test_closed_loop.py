@@ -204,7 +204,7 @@ def test_a_device_converging_to_its_command_is_not_counted_against_it() -> None:
     assert f.not_following == {"pv1"} and f.resend == {"pv1"}
 
 
-def test_tdc_15_instructions_back_to_back_after_a_disconnect_do_not_wind_the_loop_up() -> None:
+def test_tdc_16_instructions_back_to_back_after_a_disconnect_do_not_wind_the_loop_up() -> None:
     """The demo's step 9: the disconnect and the hold cancelled one after the other. Each instruction
     triggers a cycle on the last readings (the site still at 0); to the second one the total looked
     steady, and its trim took the whole shortfall: the export went to its 300 kW limit, 100 kW over the

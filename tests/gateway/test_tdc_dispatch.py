@@ -10,6 +10,7 @@ import asyncio
 
 import pytest
 
+from tests.gateway.test_tdc_failsafe import Sampler
 from tests.support.rig import Rig
 
 pytestmark = pytest.mark.asyncio
@@ -217,3 +218,22 @@ async def test_tdc_22_silent_device_goes_offline_others_take_its_share_and_it_co
     rig.sim.devices["pv1"].set_fault("none")
     await rig.telemetry(lambda t: all(d["online"] for d in t["devices"]), start=mark, timeout=40)
     await rig.wait_meter(lambda p: abs(p - 150.0) <= TOL)
+
+
+async def test_tdc_16_a_disconnect_and_a_hold_cancelled_back_to_back_return_to_the_dispatch_without_overshoot(
+        rig: Rig) -> None:
+    # The demo's step 9: each cancel triggers a cycle on the last readings, the site still at 0. The second
+    # took the site for steady and the loop's target trim took the whole shortfall: the PCC went to
+    # 298.9 kW against the 200 kW target (and the 300 kW export cap) once the devices had ramped up.
+    await rig.send("ieso", "dispatch", "d-16r", **dispatch(200.0))
+    await rig.wait_meter(lambda p: abs(p - 200.0) <= TOL, timeout=30)
+    await rig.send("ldc", "override", "h-16r", action="hold", reason="switching", start=0)
+    await rig.send("ldc", "override", "x-16r", action="disconnect", reason="emergency", start=0)
+    await rig.wait_meter(lambda p: p < -100.0)  # every device off: the site imports its load
+    sampler = Sampler(rig)
+    mark = await rig.send("ldc", "cancel", "c-16x", ref="x-16r")
+    await rig.send("ldc", "cancel", "c-16h", ref="h-16r")
+    await rig.response("c-16h", "accepted", role="ldc", start=mark)
+    await rig.wait_meter(lambda p: abs(p - 200.0) <= TOL, timeout=40)
+    # the ramps overshoot a little as the battery gives way to the PV (feedforward, as before the loop)
+    assert await sampler.stop() <= 200.0 + 40.0
