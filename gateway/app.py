@@ -13,7 +13,7 @@ import json
 import logging
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -27,17 +27,21 @@ from gateway.core.engine import Cycle, Engine, StatusInfo
 from gateway.core.model import (
     DeviceCommand,
     DeviceReading,
+    Instruction,
     Invalid,
     Limits,
     MeterReading,
+    Role,
     RoleLimits,
     SiteParams,
 )
 from gateway.core.model import Inbound as CoreInbound
 from gateway.core.outbound import Outbound, Status, Telemetry
 from gateway.journal import Encoded, Journal, Written, refused, unwritten
+from gateway.north import authority
 from gateway.north.mqtt import Inbound, MqttLink, Redeliver
 from gateway.north.outgoing import Outgoing
+from gateway.north.port import CycleView, Devices, NorthInterface
 from gateway.protocol.codec import decode_inbound, encode_outbound
 from gateway.south.device import Device, DeviceError, Reading
 from gateway.south.factory import build_devices
@@ -201,8 +205,10 @@ class Gateway:
         self.started_up = asyncio.Event()  # set once every device has been read, or has failed to be
         self._last_status: Status | None = None
         self.started = time.monotonic()
-        # Called after every control cycle (e.g. the SCADA outstation's points, the status page).
+        # Called after every control cycle (e.g. the status page).
         self.cycle_listeners: list[Callable[[Cycle, MeterReading | None, list[DeviceReading]], None]] = []
+        # The LDC's interfaces besides MQTT (SCADA, 2030.5): each a service told of every cycle (port.py).
+        self.north: list[NorthInterface] = []
         # Long-running parts added by optional faces (DNP3 outstation, web page): run beside the loop.
         self.services: list[Callable[[], Coroutine[Any, Any, None]]] = []
         # Called with each inbound message and the engine's answers to it (e.g. /metrics).
@@ -213,11 +219,26 @@ class Gateway:
             # Imported here: a site without SCADA runs where the opendnp3 binding is missing.
             from gateway.north.scada import ScadaOutstation
 
-            scada = ScadaOutstation(self)
-            self.services.append(scada.run)
-            self.cycle_listeners.append(scada.on_cycle)
+            self.north.append(ScadaOutstation(self))
+        if site.sep2.enabled:
+            from gateway.north.sep2.client import Sep2Client
 
-    # ---- north ---------------------------------------------------------------------------------------
+            self.north.append(Sep2Client(self))
+
+    # ---- north: the Port of the interfaces (north/port.py) ------------------------------------------
+    def heard(self, role: Role) -> None:
+        self.engine.heard(role, *clocks())
+
+    def info(self) -> StatusInfo:
+        return self.engine.status(*clocks())
+
+    def live(self, role: Role) -> Mapping[str, Instruction]:
+        return {msg_id: rec.msg for msg_id, rec in self.engine.state.store.records[role].items()}
+
+    def devices(self) -> Devices:
+        polled = [p.device for p in self.pollers.values()]
+        return Devices(online=sum(d.online for d in polled), total=len(polled))
+
     async def _on_message(self, inbound: Inbound) -> None:
         try:
             await self.submit(decode_inbound(inbound.role, inbound.msg_type, inbound.payload), source="mqtt")
@@ -226,12 +247,14 @@ class Gateway:
                             f"({err.__cause__})") from err
 
     async def submit(self, msg: CoreInbound | Invalid, source: str) -> list[Outbound]:
-        """Every instruction, from MQTT or from LDC SCADA (DNP3), takes this one path: decided by the
+        """Every instruction, from MQTT, LDC SCADA (DNP3) or 2030.5, takes this one path: checked against
+        what its interface may say for the LDC (north/authority.py), decided by the
         core, written to disk with its decision, its answers queued for MQTT, and followed at once by a
         control cycle (TDC-11). Nothing here waits for the broker: a broker that stops answering does not
         delay the instruction's effect. One the store cannot take is answered all the same (`refused`, or
         `unwritten` for the LDC's). Raises NotJournalled, with nothing answered, when writing it failed
         otherwise (a bug in the store's code: see Journal.instruction)."""
+        msg = authority.check(msg, source, self.site.ldc_interfaces, self.site.ldc.default_envelope)
         async with self._journalling:
             now, mono = clocks()
             outs = self.engine.receive(msg, now, mono)
@@ -365,6 +388,12 @@ class Gateway:
         self.snapshot = Snapshot(cycle=cycle, at=now)
         for listener in self.cycle_listeners:
             listener(cycle, meter, devices)
+        view = CycleView(cycle, meter, devices)
+        for north in self.north:
+            try:
+                north.on_cycle(view)
+            except Exception:  # an interface's report must not stop control
+                log.exception("%s: cycle report failed", type(north).__name__)
         encoded = self._encode(cycle.outbound)
         # on disk before it is published (or known not to be: control goes on, what was lost is counted)
         events = self._device_events() + self._cycle_events(cycle)
@@ -528,6 +557,8 @@ class Gateway:
         then the gateway's own (tasks that failed, telemetry lost to a full outbox, answers lost to a full
         MQTT queue, the store)."""
         alarms = info.alarms + self.supervisor.alarms()
+        for north in self.north:
+            alarms += north.alarms()
         evicted = self.store.outbox.evicted
         if evicted:
             alarms += (f"telemetry outbox full: {evicted} oldest messages dropped "
@@ -563,7 +594,7 @@ class Gateway:
         for name, factory in (("mqtt", self.link.run), ("control", self._control_loop),
                               ("telemetry", self._telemetry_loop), ("status", self._status_loop)):
             sup.spawn(name, factory)
-        for service in self.services:
+        for service in [*self.services, *(north.run for north in self.north)]:
             sup.spawn(service.__qualname__, service)
         try:
             await asyncio.Event().wait()  # until cancelled

@@ -232,6 +232,58 @@ class ScadaSection(_Strict):
     master_address: DnpAddress = 1
 
 
+class Sep2Section(_Strict):
+    """The IEEE 2030.5 (CSIP-AUS 1.2) client for the LDC role (gateway/north/sep2); off unless enabled.
+    The server URL is its DeviceCapability (e.g. https://utility.example:443/dcap); mutual TLS 1.2 with
+    the site's ECDSA P-256 certificate, whose SHA-256 fingerprint is the LFDI the server knows it by."""
+
+    enabled: bool = False
+    server: str = Field(default="https://127.0.0.1:8443/dcap", pattern=r"^https://[^/\s]+(/\S*)?$",
+                        description="the server's DeviceCapability URL")
+    ca: Path | None = Field(default=None, description="PEM of the CA that signed the server's certificate")
+    cert: Path | None = Field(default=None, description="PEM of the site's client certificate")
+    key: Path | None = Field(default=None, description="PEM of the site's private key (ECDSA P-256)")
+    csip_aus: Literal["1.2"] = Field(default="1.2", description="the CSIP-AUS version the server speaks")
+    pin: Annotated[int, Field(ge=0, le=999999)] | None = Field(
+        default=None, description="the registration PIN the utility gave: a server whose Registration says "
+        "another stops the client (unset: not checked)")
+    # overrides of what the server says; unset: the server's pollRate / postRate
+    poll_s: PositiveS | None = None
+    post_s: PositiveS | None = None
+    max_clock_skew_s: PositiveS = Field(default=60.0, description="a server clock further off than this "
+                                        "is an alarm (its offset is used for event times either way)")
+    request_timeout_s: PositiveS = 10.0
+    backoff_max_s: PositiveS = 300.0
+    nominal_v: Annotated[float, Field(gt=0)] = Field(
+        default=240.0, description="the PCC's nominal voltage: the meter's per-unit voltage times this is "
+        "the V reading posted")
+
+    @model_validator(mode="after")
+    def _check_files(self) -> Sep2Section:
+        missing = [name for name in ("ca", "cert", "key") if getattr(self, name) is None]
+        if self.enabled and missing:
+            raise ValueError(f"[sep2] is enabled but {', '.join(missing)} is not set: mutual TLS needs the "
+                             "server's CA, the site's certificate and its key (PEM files)")
+        return self
+
+
+LdcInterface = Literal["mqtt", "scada", "sep2"]
+
+
+class LdcSection(_Strict):
+    """Which north interfaces carry the LDC's instructions, and which one is authoritative for what.
+
+    Limits and trips from every interface listed are applied together, the most restrictive winning (one
+    limit arriving by two is applied once). What replaces rather than adds (the default envelope) has one
+    source: with both MQTT and 2030.5 listed, `default_envelope` must say which. An LDC instruction by an
+    interface not listed, or a default envelope by another than its source, is rejected UNAUTHORIZED."""
+
+    interfaces: list[LdcInterface] | None = Field(
+        default=None, description="unset: MQTT, plus SCADA and 2030.5 where their sections are enabled")
+    default_envelope: LdcInterface | None = Field(
+        default=None, description="the interface whose default envelope is the LDC's")
+
+
 class SiteFile(_Strict):
     site: SiteSection
     mqtt: MqttSection = Field(default_factory=MqttSection)
@@ -240,6 +292,39 @@ class SiteFile(_Strict):
     simulator: SimulatorSection = Field(default_factory=SimulatorSection)
     web: WebSection = Field(default_factory=WebSection)
     scada: ScadaSection = Field(default_factory=ScadaSection)
+    sep2: Sep2Section = Field(default_factory=Sep2Section)
+    ldc: LdcSection = Field(default_factory=LdcSection)
+
+    @model_validator(mode="after")
+    def _check_ldc(self) -> SiteFile:
+        listed = self.ldc.interfaces
+        if listed is not None:
+            for name in ("scada", "sep2"):
+                if name in listed and not getattr(self, name).enabled:
+                    raise ValueError(f"ldc.interfaces lists {name!r} but [{name}] is not enabled")
+        interfaces = self.ldc_interfaces
+        if not interfaces:
+            raise ValueError("ldc.interfaces is empty: the LDC must be able to reach the site")
+        # the interfaces that carry a default envelope: MQTT's default_envelope, 2030.5's DefaultDERControl
+        defaults = [i for i in interfaces if i in ("mqtt", "sep2")]
+        source = self.ldc.default_envelope
+        if source is not None and source not in defaults:
+            raise ValueError(f"ldc.default_envelope = {source!r} is not one of the interfaces that carry a "
+                             f"default envelope here ({', '.join(defaults) or 'none'})")
+        if source is None and len(defaults) > 1:
+            raise ValueError(
+                "two LDC interfaces carry envelopes and a default envelope (MQTT and [sep2]): say which one "
+                "is authoritative for the default envelope with [ldc] default_envelope = \"sep2\" (or "
+                "\"mqtt\"), or take MQTT out with [ldc] interfaces = [\"sep2\"] (add \"scada\" if it is "
+                "enabled)")
+        return self
+
+    @property
+    def ldc_interfaces(self) -> tuple[LdcInterface, ...]:
+        if self.ldc.interfaces is not None:
+            return tuple(dict.fromkeys(self.ldc.interfaces))
+        enabled: tuple[LdcInterface, ...] = ("scada", "sep2")
+        return ("mqtt", *(name for name in enabled if getattr(self, name).enabled))
 
     @model_validator(mode="after")
     def _check_devices(self) -> SiteFile:

@@ -13,9 +13,11 @@ from simulators.mosquitto import free_port
 EXAMPLE_SITE = Path(__file__).resolve().parents[1] / "examples" / "site.toml"
 
 
-def example_site(devices: dict[str, dict[str, Any]] | None = None, **site_overrides: Any) -> SiteFile:
-    """examples/site.toml on free ports, with `[site]` fields overridden (e.g. comms_timeout_s=3) and
-    device fields by id (e.g. devices={"pv1": {"reversion_timeout_s": 4}})."""
+def example_site(devices: dict[str, dict[str, Any]] | None = None,
+                 sections: dict[str, dict[str, Any]] | None = None, **site_overrides: Any) -> SiteFile:
+    """examples/site.toml on free ports, with `[site]` fields overridden (e.g. comms_timeout_s=3),
+    device fields by id (e.g. devices={"pv1": {"reversion_timeout_s": 4}}) and other sections' fields
+    (e.g. sections={"ldc": {"interfaces": ["scada"]}})."""
     data = tomllib.loads(EXAMPLE_SITE.read_text())
     for dev in data["devices"]:
         dev["port"] = free_port()
@@ -27,4 +29,6 @@ def example_site(devices: dict[str, dict[str, Any]] | None = None, **site_overri
     # every site its own store; a gateway restarted on the same SiteFile finds its state again
     data["store"] = {"path": str(Path(tempfile.mkdtemp(prefix="der-gateway-")) / "gateway.sqlite")}
     data["mqtt"] = {"reconnect_max_s": 2.0}
+    for name, fields in (sections or {}).items():
+        data.setdefault(name, {}).update(fields)
     return parse_site(data)

@@ -1,5 +1,5 @@
-"""LDC SCADA over DNP3 (PROTOCOL §9): the gateway's outstation, wired to the Gateway as a service and a
-cycle listener. The rules are in `scada_map`; the DNP3 stack in `gateway.dnp3.opendnp3_stack`.
+"""LDC SCADA over DNP3 (PROTOCOL §9): the gateway's outstation, a north interface (north/port.py).
+The rules are in `scada_map`; the DNP3 stack in `gateway.dnp3.opendnp3_stack`.
 
 A command is checked on the opendnp3 thread that receives it (a plain function of the command, so the
 master gets its status at once); an operated one is queued to the loop, where a single worker turns it
@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
 
 from gateway.clocks import clocks
 from gateway.core import report
-from gateway.core.engine import Cycle
-from gateway.core.model import DeviceReading, Envelope, MeterReading
+from gateway.core.model import Envelope
 from gateway.dnp3.opendnp3_stack import AnalogCommand, Command, OutstationStack
+from gateway.north.port import CycleView, Port
 from gateway.north.scada_map import (
     Facts,
     InForce,
@@ -30,9 +29,6 @@ from gateway.north.scada_map import (
     messages,
     values,
 )
-
-if TYPE_CHECKING:
-    from gateway.app import Gateway
 
 log = logging.getLogger(__name__)
 SOURCE = "scada"  # how the audit log names where these instructions came from
@@ -45,12 +41,12 @@ def _operated(cmd: Command) -> Operated:
 
 
 class ScadaOutstation:
-    def __init__(self, gateway: Gateway) -> None:
-        self.gateway = gateway
+    def __init__(self, port: Port) -> None:
+        self.port = port
         self.points = load_point_list()
         self.state = ScadaState(setpoint=self._setpoint_in_force())
         self._queue: asyncio.Queue[Command] = asyncio.Queue()
-        cfg = gateway.site.scada
+        cfg = port.site.scada
         self.stack = OutstationStack(
             name="scada", host=cfg.host, port=cfg.port, address=cfg.outstation_address,
             master_address=cfg.master_address, point_count=self.points.point_count,
@@ -61,14 +57,14 @@ class ScadaOutstation:
     def _setpoint_in_force(self) -> float:
         """AO88 as the SCADA limit in force says: after a restart the core brings the limit back from its
         store, and its read-back (AI149) must show it. The default when there is none."""
-        engine, cap = self.gateway.engine, self.gateway.site.site.export_cap_kw
-        limit = InForce.of(engine.status(*clocks()).active).limit
-        rec = engine.state.store.records["ldc"].get(limit[-1]) if limit else None
-        kw = rec.msg.limits.export_limit_kw if rec is not None and isinstance(rec.msg, Envelope) else None
+        cap = self.port.site.site.export_cap_kw
+        limit = InForce.of(self.port.info().active).limit
+        msg = self.port.live("ldc").get(limit[-1]) if limit else None
+        kw = msg.limits.export_limit_kw if isinstance(msg, Envelope) else None
         return self.points.default_setpoint if kw is None or not cap else round(kw / cap * 1000)
 
     def _heard(self) -> None:
-        self.gateway.engine.heard("ldc", *clocks())
+        self.port.heard("ldc")
 
     async def run(self) -> None:
         """The service: serve SCADA until cancelled."""
@@ -86,27 +82,29 @@ class ScadaOutstation:
             self.stack.stop()
 
     async def _execute(self, cmd: Command) -> None:
-        now, mono = clocks()
-        gw = self.gateway
-        in_force = InForce.of(gw.engine.status(now, mono).active)
-        msgs = messages(self.points, self.state, _operated(cmd), in_force, gw.site.site.export_cap_kw, now)
+        port = self.port
+        in_force = InForce.of(port.info().active)
+        msgs = messages(self.points, self.state, _operated(cmd), in_force, port.site.site.export_cap_kw,
+                        clocks()[0])
         log.info("SCADA %s: %s", cmd, ", ".join(str(m.id) for m in msgs) or "nothing to change")
         for msg in msgs:
-            await gw.submit(msg, source=SOURCE)
+            await port.submit(msg, source=SOURCE)
 
-    def on_cycle(self, cycle: Cycle, meter: MeterReading | None, devices: list[DeviceReading]) -> None:
-        """Cycle listener: every point from this cycle's numbers, in one update."""
+    def on_cycle(self, view: CycleView) -> None:
+        """Every point from this cycle's numbers, in one update."""
         if not self._serving:
             return
-        gw = self.gateway
-        status = gw.engine.status(*clocks())
-        polled = [p.device for p in gw.pollers.values()]
+        status, counts = self.port.info(), self.port.devices()
+        cycle, devices = view.cycle, view.devices
         facts = Facts(
             comms=status.comms, in_force=InForce.of(status.active), setpoint=self.state.setpoint,
-            devices_online=sum(d.online for d in polled), devices_total=len(polled),
+            devices_online=counts.online, devices_total=counts.total,
             rated_kw=sum(d.rated_kw for d in devices), available_kw=sum(d.available_kw for d in devices),
             export_binding=cycle.decision.export_binding, import_binding=cycle.decision.import_binding)
-        t = report.telemetry(gw.site.site.id, 0, cycle.at, cycle, meter, devices)
+        t = report.telemetry(self.port.site.site.id, 0, cycle.at, cycle, view.meter, devices)
         v = values(self.points, t, facts)
         self.stack.update(binary_inputs=v.binary_inputs, analog_inputs=v.analog_inputs,
                           binary_outputs=v.binary_outputs, analog_outputs=v.analog_outputs)
+
+    def alarms(self) -> tuple[str, ...]:
+        return ()

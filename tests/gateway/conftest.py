@@ -26,8 +26,8 @@ async def make_rig(broker: Mosquitto) -> AsyncIterator[Callable[..., Awaitable[R
     rigs: list[Rig] = []
 
     async def _make(gateway: bool = True, devices: dict[str, dict[str, Any]] | None = None,
-                    **site_overrides: Any) -> Rig:
-        rig = Rig(example_site(devices, **site_overrides), broker.url)
+                    sections: dict[str, dict[str, Any]] | None = None, **site_overrides: Any) -> Rig:
+        rig = Rig(example_site(devices, sections, **site_overrides), broker.url)
         rigs.append(rig)
         await rig.start(gateway=gateway)
         return rig
