@@ -1,0 +1,317 @@
+"""The IEEE 2030.5 client: the LDC's utility server as a north interface (north/port.py).
+
+Two tasks. `_exchange` talks to the server, one request at a time: discovery (DeviceCapability → Time →
+EndDeviceList → its EndDevice, POSTed if absent → Registration, its PIN checked → DERList → the
+MirrorUsagePoints), then, each at its own rate, the programs (EndDevice → FunctionSetAssignmentsList →
+DERProgramList → each program's DefaultDERControl and paged DERControlList, the hrefs followed afresh each
+time), the Responses due, DERStatus, and the readings at UTC-aligned postRate ticks. It backs off on a
+failure and waits out a 429's Retry-After. `_follow` runs every second whatever the server does: the
+controls received so far are planned (schedule.py) and the core is given exactly the LDC envelopes and
+overrides that plan says (instructions.py), through the one path of every instruction (Port.submit). So
+the received schedule keeps being followed through a server outage, and a limit that arrives both by
+2030.5 and by another interface is applied once, the most restrictive winning (the core's rule).
+
+Times: the server's clock (its /tm) may differ from the box's; event times are taken on the server's
+clock (shifted by the measured offset) and a skew beyond `[sep2] max_clock_skew_s` is an alarm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, replace
+
+from gateway.core.outbound import Constraint
+from gateway.north.port import CycleView, Port
+from gateway.north.sep2 import codec, identity, instructions, schedule
+from gateway.north.sep2.controls import control, default_control
+from gateway.north.sep2.model import Control, DefaultControl
+from gateway.north.sep2.reports import Readings, Reporter
+from gateway.north.sep2.transport import Refused, Server, ServerError, Throttled
+from gateway.south.backoff import Backoff
+
+log = logging.getLogger(__name__)
+SOURCE = "sep2"  # how the audit log and the authority check name this interface
+FOLLOW_S = 1.0  # how often the received schedule is planned and handed to the core
+DEFAULT_POLL_S = 900  # 2030.5's default pollRate
+HORIZON_S = 86400  # how far ahead a default control is handed to the core (refreshed every hour)
+FORGET_S = 3600  # a control this long past its end is forgotten
+
+
+class PinMismatch(Exception):
+    pass
+
+
+@dataclass
+class Tree:
+    """What discovery found: the hrefs the polls start from (followed afresh on every walk)."""
+
+    edev: str
+    time: str | None
+    der_list: str | None
+    mup_list: str | None
+
+
+class Sep2Client:
+    def __init__(self, port: Port) -> None:
+        self.port = port
+        cfg = self.cfg = port.site.sep2
+        assert cfg.ca is not None and cfg.cert is not None and cfg.key is not None  # the site file checks
+        der = identity.certificate_der(cfg.cert)
+        self.lfdi, self.sfdi = identity.lfdi(der), identity.sfdi(der)
+        self._ssl = identity.client_context(cfg.ca, cfg.cert, cfg.key)  # a bad file stops the start here
+        self.controls: dict[str, Control] = {}  # by mRID, as received (kept when it leaves the list)
+        self.defaults: dict[str, DefaultControl] = {}  # by program mRID
+        self.responses = schedule.Responses()
+        self.offset_s = 0  # the server's clock − the box's (from /tm), whole seconds
+        self.received = asyncio.Event()  # the programs were read once: the plan may be handed to the core
+        self.reporter = Reporter(port.site, self.lfdi)
+        self.readings = Readings()
+        self._tree: Tree | None = None
+        self._due: dict[str, float] = {}  # loop time each poll is due: walk, programs, status
+        self._readings_at: float | None = None  # wall time of the next UTC-aligned reading
+        self._outbox: deque[schedule.Due] = deque()
+        self._wake = asyncio.Event()
+        self._alarms: dict[str, str] = {}
+        self._backoff = Backoff(initial_s=1.0, max_s=cfg.backoff_max_s)
+        self.server: Server | None = None
+
+    # ---- the NorthInterface ------------------------------------------------------------------------
+    def alarms(self) -> tuple[str, ...]:
+        return tuple(self._alarms.values())
+
+    def on_cycle(self, view: CycleView) -> None:
+        self.readings.add(view)
+        for out in view.cycle.outbound:
+            # a limit of a control the site cannot deliver: the control is answered "cannot be met"
+            if isinstance(out, Constraint) and out.ref.startswith(instructions.PREFIX) \
+                    and (mrid := instructions.control_of(out.ref)) is not None:
+                self.responses.cannot(mrid, f"{out.reason}: {out.deliverable_kw:.1f} kW deliverable")
+                self._wake.set()
+
+    async def run(self) -> None:
+        async with Server(self.cfg.server, self._ssl, self.cfg.request_timeout_s, self._heard) as server:
+            self.server = server
+            async with asyncio.TaskGroup() as tasks:
+                tasks.create_task(self._follow())
+                tasks.create_task(self._exchange(server))
+
+    def _heard(self) -> None:
+        self.port.heard("ldc")
+
+    def _alarm(self, key: str, text: str | None) -> None:
+        if text is None:
+            self._alarms.pop(key, None)
+        else:
+            self._alarms[key] = text
+
+    # ---- following the schedule ----------------------------------------------------------------------
+    def _on_box_clock(self) -> list[Control]:
+        return [replace(c, start=c.start - self.offset_s) for c in self.controls.values()]
+
+    async def _follow(self) -> None:
+        await self.received.wait()  # until then the core's restored sep2 instructions stand as they are
+        while True:
+            now = int(time.time())
+            controls = self._on_box_clock()
+            plan = schedule.plan(controls, list(self.defaults.values()), self.lfdi, now)
+            # the defaults' horizon moves once an hour, not every second (each move is a replacement)
+            desired = instructions.desired(plan, self.port.site.site.id, now - now % 3600, HORIZON_S)
+            submitted = {i: m for i, m in self.port.live("ldc").items() if i.startswith(instructions.PREFIX)}
+            for msg in instructions.changes(desired, submitted):
+                outs = await self.port.submit(msg, source=SOURCE)
+                for out in outs:
+                    if getattr(out, "status", None) == "rejected":
+                        log.warning("2030.5: %s refused by the core: %s %s", msg.id,
+                                    getattr(out, "reason", ""), getattr(out, "detail", ""))
+            due = self.responses.due(controls, plan, now)
+            if due:
+                self._outbox.extend(due)
+                self._wake.set()
+            self._forget(now)
+            await asyncio.sleep(FOLLOW_S)
+
+    def _forget(self, now: int) -> None:
+        for mrid in [m for m, c in self.controls.items() if c.end - self.offset_s + FORGET_S < now]:
+            del self.controls[mrid]
+
+    # ---- the server ----------------------------------------------------------------------------------
+    async def _exchange(self, server: Server) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            delay: float | None = None
+            try:
+                await self._exchange_due(server, loop.time())
+                self._backoff.succeeded()
+                self._alarm("server", None)
+            except PinMismatch as err:
+                log.error("2030.5: %s", err)
+                self._alarm("server", None)
+                self._alarm("pin", f"2030.5: {err}")
+                await asyncio.Event().wait()  # stopped: nothing more is asked of or taken from this server
+            except Throttled as err:
+                delay = err.retry_after_s
+                if delay is None:
+                    delay = self._backoff.failed(loop.time())
+                log.warning("2030.5: %s: waiting %.0f s", err, delay)
+                self._alarm("server", f"2030.5 server throttles the site ({err}); following the schedule "
+                                      "received")
+            except (ServerError, codec.Sep2Error) as err:
+                delay = self._backoff.failed(loop.time())
+                log.warning("2030.5: %s: retrying in %.0f s", err, delay)
+                self._alarm("server", f"2030.5 server: {err}; following the schedule received")
+            if delay is not None:
+                await asyncio.sleep(delay)
+                continue
+            # until the next poll is due, or at once when a Response is due (at most a second: readings)
+            self._wake.clear()
+            wait = min(self._due.values(), default=loop.time()) - loop.time()
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, min(wait, 1.0))):
+                    await self._wake.wait()
+
+    async def _exchange_due(self, server: Server, now: float) -> None:
+        if self._tree is None or now >= self._due["walk"]:
+            await self._walk(server, now)
+        if now >= self._due["programs"]:
+            await self._poll_programs(server, now)
+        await self._send_responses(server)
+        if now >= self._due["status"]:
+            await self._report_der(server, now)
+        if self._readings_at is not None and time.time() >= self._readings_at:
+            await self._post_readings(server)
+
+    def _rate(self, server_rate: int | None) -> float:
+        return self.cfg.poll_s or float(server_rate or DEFAULT_POLL_S)
+
+    async def _walk(self, server: Server, now: float) -> None:
+        dcap = await server.get(codec.DeviceCapability, server.dcap_href)
+        time_href = dcap.TimeLink.href if dcap.TimeLink else None
+        if time_href:
+            await self._read_time(server, time_href)
+        if dcap.EndDeviceListLink is None:
+            raise codec.Sep2Error(f"{server.dcap_href}: DeviceCapability has no EndDeviceListLink")
+        edev_href = await self._end_device(server, dcap.EndDeviceListLink.href)
+        edev = await server.get(codec.EndDevice, edev_href)
+        if edev.RegistrationLink is not None and self.cfg.pin is not None:
+            reg = await server.get(codec.Registration, edev.RegistrationLink.href)
+            if reg.pIN != self.cfg.pin:
+                raise PinMismatch(f"the server's Registration PIN {reg.pIN} is not the site's ([sep2] pin = "
+                                  f"{self.cfg.pin}): this is not the server the utility registered the site "
+                                  "with; the client has stopped (fix the PIN or the server, then restart)")
+        mup_list = dcap.MirrorUsagePointListLink.href if dcap.MirrorUsagePointListLink else None
+        self._tree = Tree(edev=edev_href, time=time_href,
+                          der_list=edev.DERListLink.href if edev.DERListLink else None, mup_list=mup_list)
+        if mup_list and not self.reporter.mups:
+            await self.reporter.register_mups(server, mup_list)
+            self._schedule_readings()
+        self._due["walk"] = now + self._rate(dcap.pollRate)
+        self._due.setdefault("programs", now)
+        self._due.setdefault("status", now)
+
+    async def _read_time(self, server: Server, href: str) -> None:
+        tm = await server.get(codec.Time, href)
+        self.offset_s = round(tm.currentTime - time.time())
+        if abs(self.offset_s) > self.cfg.max_clock_skew_s:
+            self._alarm("clock", f"2030.5 server's clock is {self.offset_s:+d} s from the gateway's (more "
+                                 f"than [sep2] max_clock_skew_s = {self.cfg.max_clock_skew_s:.0f}); event "
+                                 "times follow the server's (check NTP)")
+        else:
+            self._alarm("clock", None)
+
+    async def _end_device(self, server: Server, list_href: str) -> str:
+        """Its own EndDevice's href: found by LFDI, or registered in band (POST, then its Location)."""
+        _, devices = await server.get_list(codec.EndDeviceList, list_href, lambda page: page.EndDevice)
+        for dev in devices:
+            if ((dev.lFDI or "").upper() == self.lfdi or dev.sFDI == self.sfdi) and dev.href:
+                return dev.href
+        location = await server.post(list_href, codec.EndDevice(lFDI=self.lfdi, sFDI=self.sfdi,
+                                                                changedTime=int(time.time())))
+        if not location:
+            raise codec.Sep2Error(f"POST {list_href}: the server created the EndDevice but gave no Location")
+        log.info("2030.5: registered as %s (LFDI %s, SFDI %d)", location, self.lfdi, self.sfdi)
+        return location
+
+    async def _poll_programs(self, server: Server, now: float) -> None:
+        assert self._tree is not None
+        edev = await server.get(codec.EndDevice, self._tree.edev)
+        controls: dict[str, Control] = {}
+        defaults: dict[str, DefaultControl] = {}
+        rates: list[float] = []
+        if edev.FunctionSetAssignmentsListLink is not None:
+            fsal, fsas = await server.get_list(codec.FunctionSetAssignmentsList,
+                                               edev.FunctionSetAssignmentsListLink.href,
+                                               lambda page: page.FunctionSetAssignments)
+            rates.append(self._rate(fsal.pollRate))
+            for fsa in fsas:
+                if fsa.DERProgramListLink is None:
+                    continue
+                derpl, programs = await server.get_list(codec.DERProgramList, fsa.DERProgramListLink.href,
+                                                        lambda page: page.DERProgram)
+                rates.append(self._rate(derpl.pollRate))
+                for prog in programs:
+                    await self._read_program(server, prog, controls, defaults)
+        # all read: replaced together (a failure half-way keeps the last whole picture)
+        for mrid, c in controls.items():
+            self.controls[mrid] = c  # one that left the list is kept: removal is not cancellation
+        self.defaults = defaults
+        self.received.set()
+        self._due["programs"] = now + (min(rates) if rates else self._rate(None))
+
+    async def _read_program(self, server: Server, prog: codec.DERProgram, controls: dict[str, Control],
+                            defaults: dict[str, DefaultControl]) -> None:
+        if prog.DefaultDERControlLink is not None:
+            try:
+                dd = await server.get(codec.DefaultDERControl, prog.DefaultDERControlLink.href)
+            except Refused as err:
+                if err.status != 404:
+                    raise
+            else:
+                defaults[prog.mRID] = default_control(dd, prog.mRID, prog.primacy)
+        if prog.DERControlListLink is not None:
+            _, dercs = await server.get_list(codec.DERControlList, prog.DERControlListLink.href,
+                                             lambda page: page.DERControl)
+            for derc in dercs:
+                c = control(derc, prog.mRID, prog.primacy)
+                controls[c.mrid] = c
+
+    async def _send_responses(self, server: Server) -> None:
+        """The Responses due, in order; one that fails stays first, to go again."""
+        while self._outbox:
+            due = self._outbox[0]
+            await server.post(due.reply_to, codec.ControlResponse(
+                createdDateTime=int(time.time()) + self.offset_s, endDeviceLFDI=self.lfdi, status=due.status,
+                subject=due.mrid))
+            self._outbox.popleft()
+
+    async def _report_der(self, server: Server, now: float) -> None:
+        assert self._tree is not None
+        if self._tree.der_list is None:
+            self._due["status"] = now + self._rate(None)
+            return
+        derl, ders = await server.get_list(codec.DERList, self._tree.der_list, lambda page: page.DER_)
+        if ders:
+            await self.reporter.report_der(server, ders[0], self.readings.last, self.offset_s,
+                                           self._set_grad_w())
+        self._due["status"] = now + self._rate(derl.pollRate)
+
+    def _set_grad_w(self) -> int:
+        """The ramp rate the site is set to: the lowest-primacy program's default's setGradW (0: none)."""
+        grads = sorted((d.primacy, d.set_grad_w) for d in self.defaults.values() if d.set_grad_w is not None)
+        return grads[0][1] if grads else 0
+
+    def _schedule_readings(self) -> None:
+        """The next UTC-aligned tick of postRate (a reading of the interval that ends there)."""
+        post = self.cfg.post_s or self.reporter.post_s
+        now = time.time()
+        self._readings_at = now - now % post + post
+
+    async def _post_readings(self, server: Server) -> None:
+        assert self._readings_at is not None
+        end = int(self._readings_at)
+        post = int(self.cfg.post_s or self.reporter.post_s)
+        await self.reporter.post_readings(server, self.readings.take(end - post, end), self.offset_s)
+        self._schedule_readings()
