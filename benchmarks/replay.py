@@ -55,7 +55,7 @@ async def run(n: int, workdir: Path) -> dict:
             gateway = Gateway(site, broker.url)
             site.site.telemetry_interval_s = 3600.0  # only the backlog, no live telemetry
             task = asyncio.create_task(gateway.run())
-            await gateway.link.connected.wait()
+            await gateway.mqtt.link.connected.wait()
             t0 = time.perf_counter()
             while gateway.store.outbox.depth() > 0:
                 await asyncio.sleep(0.01)

@@ -1,4 +1,5 @@
-"""Wiring: the gateway's control loop (read devices → decide → write devices) and its MQTT face.
+"""Wiring: the gateway's control loop (read devices → decide → write devices) and its north interfaces
+(MQTT, the LDC's SCADA and 2030.5: north/port.py), which reach it only through the Port it implements.
 
 Each device has its own poller task, so a slow or silent device never delays the others: the control
 cycle works on the latest reading of every device and hands each its command without waiting for the
@@ -9,16 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from gateway import __version__
 from gateway.clocks import clocks
 from gateway.config import SiteFile
 from gateway.core import report
@@ -36,16 +35,16 @@ from gateway.core.model import (
     SiteParams,
 )
 from gateway.core.model import Inbound as CoreInbound
-from gateway.core.outbound import Outbound, Status, Telemetry
+from gateway.core.outbound import Outbound, Telemetry
 from gateway.journal import Encoded, Journal, Written, refused, unwritten
 from gateway.north import authority
-from gateway.north.mqtt import Inbound, MqttLink, Redeliver
-from gateway.north.outgoing import Outgoing
-from gateway.north.port import CycleView, Devices, NorthInterface
-from gateway.protocol.codec import decode_inbound, encode_outbound
+from gateway.north.mqtt_interface import MqttInterface
+from gateway.north.port import CycleView, Devices, NorthInterface, NotJournalled
+from gateway.protocol.codec import encode_outbound
 from gateway.south.device import Device, DeviceError, Reading
 from gateway.south.factory import build_devices
 from gateway.store import Store
+from gateway.store.outbox import Outbox
 from gateway.store.writer import writer_for
 from gateway.supervisor import Supervisor
 from gateway.web.server import attach_web
@@ -53,17 +52,11 @@ from gateway.web.server import attach_web
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-REPLAY_BATCH = 200  # telemetry messages in flight at once when the outbox is replayed
 # Devices a cycle starts reading, or hands a command to, in one turn of the event loop: each starts a
 # task step of tens of µs, and an instruction's receipt waits behind a whole turn.
 LOOP_CHUNK = 100
 SLOW_JOURNAL_S = 1.0  # an instruction waiting this long for the store is logged
 METER_HISTORY = 32  # meter readings kept: more than the age of any device reading still in use
-
-
-class NotJournalled(Exception):
-    """An instruction whose journal entry failed for a reason other than a full store (a bug): it is
-    neither answered nor acknowledged to the broker, which delivers it again (see MqttLink)."""
 
 
 def utcnow() -> datetime:
@@ -158,8 +151,6 @@ class Snapshot:
 class Gateway:
     def __init__(self, site: SiteFile, broker_url: str | None = None) -> None:
         self.site = site
-        if broker_url:
-            site.mqtt.broker = broker_url
         self.interval_s = site.site.control_interval_s
         self.engine = Engine(site_params(site), utcnow())
         self._response_s = {d.id: d.response_time_s for d in site.devices}
@@ -185,30 +176,24 @@ class Gateway:
         others = [p for dev_id, p in self.pollers.items() if dev_id != self.meter_id]
         middle = len(others) // 2
         self._read_order = [*others[:middle], self.pollers[self.meter_id], *others[middle:]]
-        self.supervisor = Supervisor()  # before the link: its last will is a status, with the alarms
-        self.link = MqttLink(site.mqtt, site.site.id, self._on_message, self._on_connect,
-                             offline_payload=lambda: encode_outbound(self._status(online=False),
-                                                                     site.site.id)[1])
+        self.supervisor = Supervisor()  # before the MQTT link: its last will is a status, with the alarms
         self.snapshot = Snapshot()
-        self.telemetry_seq = self.store.outbox.last_seq()  # contiguous across restarts, never reused
         self._wake = asyncio.Event()
         self._handing_out: asyncio.Task | None = None  # the last cycle's commands on their way (_hand_out)
         # One instruction at a time from the engine to the disk, and no control cycle meanwhile: one that
         # cannot be written rolls the engine back to its state before it, which must undo nothing else
         # (see Journal.instruction).
         self._journalling = asyncio.Lock()
-        self._flushing: asyncio.Task | None = None  # the telemetry outbox on its way (_flush_outbox)
-        self._live_seq: int | None = None  # the telemetry just taken: the only one not marked replayed
         self._online: dict[str, bool] = {}
         self.last_cycle_s = 0.0  # how long the last control cycle took (read, decide, hand out writes)
         self.on_cycle_time: Callable[[float], None] | None = None  # told each cycle's duration (/metrics)
         self.started_up = asyncio.Event()  # set once every device has been read, or has failed to be
-        self._last_status: Status | None = None
         self.started = time.monotonic()
         # Called after every control cycle (e.g. the status page).
         self.cycle_listeners: list[Callable[[Cycle, MeterReading | None, list[DeviceReading]], None]] = []
-        # The LDC's interfaces besides MQTT (SCADA, 2030.5): each a service told of every cycle (port.py).
-        self.north: list[NorthInterface] = []
+        # The north interfaces (port.py): MQTT, and the LDC's SCADA and 2030.5 where enabled.
+        self.mqtt = MqttInterface(self, broker_url)
+        self.north: list[NorthInterface] = [self.mqtt]
         # Long-running parts added by optional faces (DNP3 outstation, web page): run beside the loop.
         self.services: list[Callable[[], Coroutine[Any, Any, None]]] = []
         # Called with each inbound message and the engine's answers to it (e.g. /metrics).
@@ -239,13 +224,6 @@ class Gateway:
         polled = [p.device for p in self.pollers.values()]
         return Devices(online=sum(d.online for d in polled), total=len(polled))
 
-    async def _on_message(self, inbound: Inbound) -> None:
-        try:
-            await self.submit(decode_inbound(inbound.role, inbound.msg_type, inbound.payload), source="mqtt")
-        except NotJournalled as err:
-            raise Redeliver(f"the message on {inbound.topic} could not be journalled "
-                            f"({err.__cause__})") from err
-
     async def submit(self, msg: CoreInbound | Invalid, source: str) -> list[Outbound]:
         """Every instruction, from MQTT, LDC SCADA (DNP3) or 2030.5, takes this one path: checked against
         what its interface may say for the LDC (north/authority.py), decided by the
@@ -275,7 +253,7 @@ class Gateway:
                 self.journal.outbound(encoded, now)
         for listener in self.inbound_listeners:
             listener(msg, outs)
-        self._publish(encoded)
+        self._outbound(encoded)
         self._wake.set()
         return outs
 
@@ -298,20 +276,13 @@ class Gateway:
         async with self._journalling:
             pass
 
-    def _on_connect(self) -> None:
-        self._last_status = None  # the broker may have published the last will meanwhile
-        self._publish_status()
-        self._flush_outbox()
-
     def _encode(self, outs: list[Outbound]) -> list[Encoded]:
         return [encode_outbound(out, self.site.site.id) for out in outs]
 
-    def _publish(self, encoded: list[Encoded]) -> None:
-        """Queue one batch of answers for the broker (MqttLink.send): queued whole, in order, so two
-        batches never interleave (a cycle's `started` never comes between an instruction's `received`
-        and its decision, TDC-01). Kept until the broker acknowledges them, also across a reconnect."""
-        self.link.send([Outgoing(suffix, payload, retain=suffix.endswith("availability"))
-                        for suffix, payload in encoded])
+    def _outbound(self, encoded: list[Encoded]) -> None:
+        """One batch of answers, journalled, to every north interface (MQTT queues them for the broker)."""
+        for north in self.north:
+            north.on_outbound(encoded)
 
     # ---- the control cycle -----------------------------------------------------------------------------
     def _readings(self) -> tuple[MeterReading | None, list[DeviceReading]]:
@@ -398,8 +369,8 @@ class Gateway:
         # on disk before it is published (or known not to be: control goes on, what was lost is counted)
         events = self._device_events() + self._cycle_events(cycle)
         await self.journal.cycle(cycle, encoded, self.engine, events)
-        self._publish(encoded)  # queued: the next cycle does not wait for the broker
-        self._publish_status()
+        self._outbound(encoded)  # queued: the next cycle does not wait for the broker
+        self.mqtt.publish_status()
         return cycle
 
     def _hand_out(self, commands: list[DeviceCommand]) -> None:
@@ -490,72 +461,28 @@ class Gateway:
             if scheduled:
                 next_at = max(next_at + self.interval_s, loop.time())
 
-    # ---- telemetry and status ------------------------------------------------------------------------------
-    def telemetry(self, now: datetime) -> Telemetry | None:
+    # ---- telemetry and status: the Port's (north/port.py) ------------------------------------------
+    def telemetry(self, seq: int, now: datetime) -> Telemetry | None:
         cycle = self.snapshot.cycle
         if cycle is None:
             return None
         meter, devices = self._readings()
-        self.telemetry_seq += 1
-        return report.telemetry(self.site.site.id, self.telemetry_seq, now, cycle, meter, devices)
+        return report.telemetry(self.site.site.id, seq, now, cycle, meter, devices)
 
-    async def _telemetry_loop(self) -> None:
-        interval = self.site.site.telemetry_interval_s
-        while True:
-            # aligned to the clock: 5 s telemetry goes out at :00, :05, :10 …
-            await asyncio.sleep(interval - (time.time() % interval))
-            t = self.telemetry(utcnow())
-            if t is not None:
-                await asyncio.sleep(0)  # building and encoding 1,000 devices' telemetry: ~10 ms each
-                _, payload = encode_outbound(t, self.site.site.id)
-                stored = await self.journal.telemetry(t.seq, payload)
-                self._flush_outbox(live_seq=t.seq)
-                if not stored:  # the store is full: sent live all the same, queued (counted as not stored)
-                    self._publish([("gateway/telemetry", payload)])
+    @property
+    def outbox(self) -> Outbox:
+        return self.store.outbox
 
-    def _flush_outbox(self, live_seq: int | None = None) -> None:
-        """Publish the outbox in seq order, in a task of its own (neither the telemetry loop nor the
-        link's inbound messages wait for the broker's acknowledgements); what waited for the broker goes
-        out marked `replayed`, all but `live_seq`. A flush under way goes on to what was added since."""
-        self._live_seq = live_seq
-        if self._flushing is None or self._flushing.done():
-            self._flushing = asyncio.create_task(self._flush(), name="telemetry-outbox")
+    async def store_telemetry(self, seq: int, payload: bytes) -> bool:
+        return await self.journal.telemetry(seq, payload)
 
-    async def _flush(self) -> None:
-        try:
-            await self._flush_batches()
-        except Exception:  # the store's: the next telemetry (or connection) tries again
-            log.exception("telemetry outbox: flush failed")
-
-    async def _flush_batches(self) -> None:
-        outbox = self.store.outbox
-        while batch := outbox.pending(REPLAY_BATCH):
-            live = self._live_seq
-            payloads = [p if seq == live else json.dumps({**json.loads(p), "replayed": True}).encode()
-                        for seq, p in batch]
-            # Pipelined: publishes leave in call order (MQTT keeps the order of one session's QoS 1
-            # messages), and the batch counts as sent when the broker has acknowledged every one.
-            sent = await self.link.publish_many([("gateway/telemetry", p, False) for p in payloads])
-            if not all(sent):
-                # The broker went away again: the batch stays, to go again in full on the next
-                # connection; a subscriber may then see a seq twice, never a gap.
-                return
-            if not await self.journal.telemetry_sent(batch[-1][0]):
-                return  # the store cannot be written: the batch stays, to go again with the next one
-
-    def _status(self, online: bool = True) -> Status:
-        now, mono = clocks()
-        st = self.engine.status(now, mono)
-        devices = [p.device for p in self.pollers.values()]
-        return Status(site_id=self.site.site.id, at=now, state="online" if online else "offline",
-                      mode=st.mode, comms=st.comms, active=st.active,
-                      devices_online=sum(d.online for d in devices), devices_total=len(devices),
-                      version=__version__, alarms=self.alarms(st))
+    async def telemetry_sent(self, seq: int) -> bool:
+        return await self.journal.telemetry_sent(seq)
 
     def alarms(self, info: StatusInfo) -> tuple[str, ...]:
         """What an operator must see: the core's (devices not following, a limit not met, the clock),
-        then the gateway's own (tasks that failed, telemetry lost to a full outbox, answers lost to a full
-        MQTT queue, the store)."""
+        then the gateway's own (tasks that failed, telemetry lost to a full outbox, the store) and every
+        north interface's (e.g. answers lost to a full MQTT queue, a 2030.5 server that refuses the site)."""
         alarms = info.alarms + self.supervisor.alarms()
         for north in self.north:
             alarms += north.alarms()
@@ -563,27 +490,7 @@ class Gateway:
         if evicted:
             alarms += (f"telemetry outbox full: {evicted} oldest messages dropped "
                        f"(store.outbox_max_messages = {self.store.outbox.max_messages})",)
-        outgoing = self.link.outgoing
-        if outgoing.dropped:
-            alarms += (f"MQTT queue full while the broker did not acknowledge: {outgoing.dropped} oldest "
-                       f"answers or status messages dropped (mqtt.max_queued_messages = "
-                       f"{outgoing.max_messages})",)
         return alarms + self.journal.health.alarms()
-
-    def _publish_status(self, force: bool = False) -> None:
-        # compared without its time, so an unchanged status is not republished every cycle; queued
-        # retained and coalesced, so a broker outage leaves only the newest to go
-        status = self._status()
-        key = replace(status, at=datetime.min)
-        if force or key != self._last_status:
-            suffix, payload = encode_outbound(status, self.site.site.id)
-            self.link.send([Outgoing(suffix, payload, retain=True, coalesce=True)])
-            self._last_status = key
-
-    async def _status_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self.site.site.status_interval_s)
-            self._publish_status(force=True)
 
     # ---- lifecycle -------------------------------------------------------------------------------------
     async def run(self) -> None:
@@ -591,17 +498,17 @@ class Gateway:
         sup = self.supervisor
         for dev_id, poller in self.pollers.items():
             sup.spawn(f"write-{dev_id}", poller.run_writer)
-        for name, factory in (("mqtt", self.link.run), ("control", self._control_loop),
-                              ("telemetry", self._telemetry_loop), ("status", self._status_loop)):
-            sup.spawn(name, factory)
-        for service in [*self.services, *(north.run for north in self.north)]:
+        for north in self.north:
+            for name, factory in north.services().items():
+                sup.spawn(name, factory)
+        sup.spawn("control", self._control_loop)
+        for service in self.services:
             sup.spawn(service.__qualname__, service)
         try:
             await asyncio.Event().wait()  # until cancelled
         finally:
-            for task in (self._handing_out, self._flushing):
-                if task is not None:
-                    task.cancel()
+            if self._handing_out is not None:
+                self._handing_out.cancel()
             await sup.stop()
             await asyncio.gather(*(p.device.close() for p in self.pollers.values()), return_exceptions=True)
             await asyncio.to_thread(self.journal.close)

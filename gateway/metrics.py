@@ -159,7 +159,7 @@ class _ScrapeTime(Collector):
             yield GaugeMetricFamily("der_gateway_outbox_depth",
                                     "Telemetry messages stored and not yet acknowledged by the broker",
                                     value=outbox.depth())
-        link = getattr(gw, "link", None)
+        link = getattr(getattr(gw, "mqtt", None), "link", None)
         if link is not None:
             yield GaugeMetricFamily("der_gateway_mqtt_queue_depth",
                                     "Answers and status messages queued, not yet acknowledged by the broker",

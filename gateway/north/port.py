@@ -10,14 +10,22 @@ interface is tested, replaced or added without touching the control loop.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from datetime import datetime
+from typing import Any, Protocol
 
 from gateway.config import SiteFile
 from gateway.core.engine import Cycle, StatusInfo
 from gateway.core.model import DeviceReading, Inbound, Instruction, Invalid, MeterReading, Role
-from gateway.core.outbound import Outbound
+from gateway.core.outbound import Outbound, Telemetry
+from gateway.journal import Encoded
+from gateway.store.outbox import Outbox
+
+
+class NotJournalled(Exception):
+    """An instruction whose journal entry failed for a reason other than a full store (a bug): it is
+    neither answered nor, over MQTT, acknowledged to the broker, which delivers it again (see MqttLink)."""
 
 
 @dataclass(frozen=True)
@@ -59,14 +67,38 @@ class Port(Protocol):
     def devices(self) -> Devices:
         ...
 
+    def alarms(self, info: StatusInfo) -> tuple[str, ...]:
+        """Everything an operator must see: the core's, the gateway's, every interface's."""
+        ...
+
+    def telemetry(self, seq: int, now: datetime) -> Telemetry | None:
+        """The site as of the last cycle (None before the first)."""
+        ...
+
+    # the store's telemetry outbox (TDC-21): written before it is published, marked sent once acknowledged
+    @property
+    def outbox(self) -> Outbox:
+        ...
+
+    async def store_telemetry(self, seq: int, payload: bytes) -> bool:
+        ...
+
+    async def telemetry_sent(self, seq: int) -> bool:
+        ...
+
 
 class NorthInterface(Protocol):
-    async def run(self) -> None:
-        """The interface's service, supervised by the gateway (restarted with backoff if it fails)."""
+    def services(self) -> dict[str, Callable[[], Coroutine[Any, Any, None]]]:
+        """The interface's long-running tasks by name, each supervised by the gateway (restarted with
+        backoff if it fails, counted in /metrics)."""
         ...
 
     def on_cycle(self, view: CycleView) -> None:
         """After every control cycle: the interface's points, reports, events."""
+        ...
+
+    def on_outbound(self, encoded: list[Encoded]) -> None:
+        """Every batch of the core's answers (to an instruction, from a cycle), once journalled, in order."""
         ...
 
     def alarms(self) -> tuple[str, ...]:

@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from gateway.clocks import clocks
 from gateway.core import report
 from gateway.core.model import Envelope
 from gateway.dnp3.opendnp3_stack import AnalogCommand, Command, OutstationStack
+from gateway.journal import Encoded
 from gateway.north.port import CycleView, Port
 from gateway.north.scada_map import (
     Facts,
@@ -105,6 +108,12 @@ class ScadaOutstation:
         v = values(self.points, t, facts)
         self.stack.update(binary_inputs=v.binary_inputs, analog_inputs=v.analog_inputs,
                           binary_outputs=v.binary_outputs, analog_outputs=v.analog_outputs)
+
+    def services(self) -> dict[str, Callable[[], Coroutine[Any, Any, None]]]:
+        return {"scada": self.run}
+
+    def on_outbound(self, encoded: list[Encoded]) -> None:
+        pass  # the master reads the outcome from the points (on_cycle)
 
     def alarms(self) -> tuple[str, ...]:
         return ()

@@ -158,7 +158,7 @@ def status_view(gw: Gateway, history: History, now: datetime, since: float | Non
         "site_id": gw.site.site.id, "name": gw.site.site.name, "resource_id": gw.site.site.resource_id,
         "version": __version__, "at": _iso(now), "site": site,
         "comms": {"ieso": st.comms["ieso"], "ldc": st.comms["ldc"],
-                  "broker": "connected" if gw.link.connected.is_set() else "disconnected",
+                  "broker": "connected" if gw.mqtt.link.connected.is_set() else "disconnected",
                   "devices": f"{online}/{len(devices)} online"},
         "alarms": [{"id": str(i), "state": "alarm", "text": a} for i, a in enumerate(gw.alarms(st))],
         "instructions": _instructions(store, now, st.active),

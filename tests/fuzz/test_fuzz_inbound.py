@@ -156,4 +156,4 @@ async def test_hostile_input_over_mqtt_is_answered_and_the_gateway_keeps_running
                           end=600)
     await rig.response("after-fuzz", "accepted", start=mark)
     await rig.telemetry(lambda t: t["effective"]["export_limit_kw"] <= 35.0, start=mark)
-    assert rig.gateway.link.reconnects == 0
+    assert rig.gateway.mqtt.link.reconnects == 0

@@ -112,8 +112,8 @@ async def test_past_the_mqtt_queue_bound_the_oldest_answers_go_with_an_alarm_and
     try:
         for _ in range(15):  # each an `error` answer, queued for the broker
             await gw.submit(decode_inbound("ldc", "envelope", b"{broken"), source="mqtt")
-        assert gw.link.outgoing.depth == 10
-        (alarm,) = gw._status().alarms
+        assert gw.mqtt.link.outgoing.depth == 10
+        (alarm,) = gw.mqtt.status().alarms
         assert "5 oldest" in alarm and "mqtt.max_queued_messages = 10" in alarm
         metrics = (await Metrics(gw).render()).decode()
         assert "der_gateway_mqtt_queue_dropped_total 5.0" in metrics

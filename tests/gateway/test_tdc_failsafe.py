@@ -347,7 +347,7 @@ async def test_tdc_21_broker_outage_telemetry_is_kept_and_replayed_in_order(tmp_
         broker.stop()
         await asyncio.sleep(5)  # five telemetry intervals with no broker: they go to the outbox
         assert rig.gateway is not None and rig.gateway.store.outbox.depth() >= 3
-        stored_up_to = rig.gateway.telemetry_seq
+        stored_up_to = rig.gateway.mqtt.telemetry_seq
         broker.start()
         rig.peer = MqttPeer(broker.url, client_id="tdc21-peer", persistent=True)  # the same session
         await rig.peer.__aenter__()

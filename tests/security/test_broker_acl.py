@@ -115,7 +115,7 @@ async def test_another_certificate_cannot_take_over_the_gateways_session(rig: Ri
         # had the broker handed the gateway's client id to this connection, the gateway would have been
         # disconnected, and this round trip would wait for its reconnection
         await answered_sync(rig, rig.peer, "ldc", "sync-3")
-    assert rig.gateway.link.reconnects == 0
+    assert rig.gateway.mqtt.link.reconnects == 0
 
 
 async def mqtt_connect(port: int, tls: ssl.SSLContext | None) -> bytes:

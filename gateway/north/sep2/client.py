@@ -22,9 +22,12 @@ import contextlib
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
+from typing import Any
 
 from gateway.core.outbound import Constraint
+from gateway.journal import Encoded
 from gateway.north.port import CycleView, Port
 from gateway.north.sep2 import codec, identity, instructions, schedule
 from gateway.north.sep2.controls import control, default_control
@@ -80,6 +83,12 @@ class Sep2Client:
         self.server: Server | None = None
 
     # ---- the NorthInterface ------------------------------------------------------------------------
+    def services(self) -> dict[str, Callable[[], Coroutine[Any, Any, None]]]:
+        return {"sep2": self.run}
+
+    def on_outbound(self, encoded: list[Encoded]) -> None:
+        pass  # the outcomes that concern the server come with the cycle (on_cycle)
+
     def alarms(self) -> tuple[str, ...]:
         return tuple(self._alarms.values())
 
