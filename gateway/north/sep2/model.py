@@ -59,3 +59,4 @@ class DefaultControl:
     primacy: int
     values: dict[Quantity, float | bool]
     set_grad_w: int | None = None  # hundredths of % of setMaxW per s
+    unsupported: tuple[str, ...] = field(default=())  # fields set that the gateway does not carry out
