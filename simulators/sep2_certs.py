@@ -74,7 +74,8 @@ def lfdi(der: bytes) -> str:
 
 
 def sfdi(lfdi_hex: str) -> int:
-    """The SFDI of an LFDI: its first 36 bits in decimal, then the digit that makes the digit sum ≡ 0 mod 10."""
+    """The SFDI of an LFDI: its first 36 bits in decimal, then the check digit that makes the sum of all its
+    digits ≡ 0 (mod 10)."""
     head = int(lfdi_hex[:9], 16)
     check = -sum(int(d) for d in str(head)) % 10
     return head * 10 + check
@@ -89,13 +90,18 @@ def _name(common_name: str) -> x509.Name:
                       x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
 
 
-def _write(directory: Path, stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> tuple[Path, Path]:
+def _write(directory: Path, stem: str, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
     cert_path, key_path = directory / f"{stem}.crt", directory / f"{stem}.key"
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                            serialization.NoEncryption()))
     key_path.chmod(0o600)
-    return cert_path, key_path
+
+
+def _key_usage(**allowed: bool) -> x509.KeyUsage:
+    usages = ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
+              "key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only")
+    return x509.KeyUsage(**{u: allowed.get(u, False) for u in usages})
 
 
 def _ca(common_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
@@ -105,9 +111,7 @@ def _ca(common_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + VALIDITY)
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
-                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+            .add_extension(_key_usage(key_cert_sign=True, crl_sign=True), critical=True)
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256()))
     return cert, key
@@ -121,10 +125,7 @@ def _leaf(common_name: str, ca: x509.Certificate, ca_key: ec.EllipticCurvePrivat
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
                .not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + VALIDITY)
                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-               .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
-                                            key_encipherment=False, data_encipherment=False, key_agreement=True,
-                                            key_cert_sign=False, crl_sign=False, encipher_only=False,
-                                            decipher_only=False), critical=True)
+               .add_extension(_key_usage(digital_signature=True, key_agreement=True), critical=True)
                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
                               critical=False))
     if server:
@@ -134,8 +135,21 @@ def _leaf(common_name: str, ca: x509.Certificate, ca_key: ec.EllipticCurvePrivat
                                   critical=False)
                    .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False))
     else:
-        builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        builder = builder.add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]),
+                                        critical=False)
     return builder.sign(ca_key, hashes.SHA256()), key
+
+
+def load_pki(directory: Path) -> Pki:
+    """The Pki `make_pki` wrote into `directory` earlier (its files by their fixed names)."""
+    names = {"ca_cert": "ca.crt", "ca_key": "ca.key", "server_cert": "server.crt", "server_key": "server.key",
+             "client_cert": "client.crt", "client_key": "client.key", "other_cert": "other.crt",
+             "other_key": "other.key", "foreign_ca_cert": "foreign-ca.crt", "foreign_cert": "foreign.crt",
+             "foreign_key": "foreign.key"}
+    missing = [n for n in names.values() if not (directory / n).exists()]
+    if missing:
+        raise FileNotFoundError(f"{directory} is not a PKI written by make_pki: {', '.join(missing)} missing")
+    return Pki(directory=directory, **{field: directory / name for field, name in names.items()})
 
 
 def make_pki(directory: Path) -> Pki:
@@ -143,14 +157,10 @@ def make_pki(directory: Path) -> Pki:
     directory.mkdir(parents=True, exist_ok=True)
     ca, ca_key = _ca("der-gateway test 2030.5 CA")
     foreign_ca, foreign_ca_key = _ca("some other CA")
-    ca_cert, ca_key_path = _write(directory, "ca", ca, ca_key)
-    server_cert, server_key = _write(directory, "server", *_leaf("localhost", ca, ca_key, server=True))
-    client_cert, client_key = _write(directory, "client", *_leaf("der-gateway device", ca, ca_key, server=False))
-    other_cert, other_key = _write(directory, "other", *_leaf("another device", ca, ca_key, server=False))
-    foreign_ca_cert, _ = _write(directory, "foreign-ca", foreign_ca, foreign_ca_key)
-    foreign_cert, foreign_key = _write(directory, "foreign",
-                                       *_leaf("device of another CA", foreign_ca, foreign_ca_key, server=False))
-    return Pki(directory=directory, ca_cert=ca_cert, ca_key=ca_key_path, server_cert=server_cert,
-               server_key=server_key, client_cert=client_cert, client_key=client_key, other_cert=other_cert,
-               other_key=other_key, foreign_ca_cert=foreign_ca_cert, foreign_cert=foreign_cert,
-               foreign_key=foreign_key)
+    _write(directory, "ca", ca, ca_key)
+    _write(directory, "server", *_leaf("localhost", ca, ca_key, server=True))
+    _write(directory, "client", *_leaf("der-gateway device", ca, ca_key, server=False))
+    _write(directory, "other", *_leaf("another device", ca, ca_key, server=False))
+    _write(directory, "foreign-ca", foreign_ca, foreign_ca_key)
+    _write(directory, "foreign", *_leaf("device of another CA", foreign_ca, foreign_ca_key, server=False))
+    return load_pki(directory)

@@ -36,13 +36,13 @@ def _schema() -> etree.XMLSchema:
 
 
 # No entities, no DTDs, no network: a body is data, never instructions to the parser.
-_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
+PARSER = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
 
 
 def validate(xml: bytes) -> None:
     """Return if `xml` is a valid 2030.5 / CSIP-AUS 1.2 document, else raise XsdError (first error's line)."""
     try:
-        doc = etree.fromstring(xml, _PARSER)
+        doc = etree.fromstring(xml, PARSER)
     except etree.XMLSyntaxError as e:
         raise XsdError(e.lineno or 0, f"not well-formed XML: {e.msg}") from None
     schema = _schema()
