@@ -599,7 +599,7 @@ class Sep2Server:
         if (body.lFDI is not None and body.lFDI.upper() != own) or body.sFDI != sfdi(own):
             message = (f"EndDevice lFDI {body.lFDI} / sFDI {body.sFDI} are not those of the client "
                        f"certificate (lFDI {own}, sFDI {sfdi(own)})")
-            self.errors.append(BodyError("client", "POST", "/edev", message, b"", *_wall()))
+            self.errors.append(BodyError("client", "POST", "/edev", message, await request.read(), *_wall()))
             return self._error(403, message)
         if own not in self._devices and not self.allow_registration:
             return self._error(403, "in-band registration is disabled on this server: register out of band")
@@ -623,7 +623,7 @@ class Sep2Server:
         if device is None:
             return web.Response(status=404)
         posted = self._connection_point.get(device.lfdi)
-        cp_id = posted.body.id or posted.body.id_v11 or "" if posted else ""
+        cp_id = (posted.body.id or posted.body.id_v11 or "") if posted else ""
         return self._xml(ConnectionPointResponse(href=f"/edev/{device.id}/cp", id=cp_id))
 
     async def _cp_put(self, request: web.Request) -> web.Response:
@@ -890,7 +890,8 @@ class Sep2Server:
             problems.append("a Response to a DERControl needs a status")
         if problems:
             message = "; ".join(problems)
-            self.errors.append(BodyError("client", "POST", request.path, message, b"", *_wall()))
+            self.errors.append(BodyError("client", "POST", request.path, message, await request.read(),
+                                         *_wall()))
             return self._error(400, message)
         self.responses.append(ControlResponse(body.subject.upper(), int(body.status), device.lfdi,
                                               body.createdDateTime, *_wall()))
@@ -910,8 +911,9 @@ def _encode(key: str, watts: float, power: int) -> int:
     the value must fit the schema's Int16."""
     value = int(Decimal(str(watts)).scaleb(-power))
     if value not in INT16:
+        enough = next(p for p in range(power, power + 20) if int(Decimal(str(watts)).scaleb(-p)) in INT16)
         raise ValueError(f"{key}={watts} W is {value} at multiplier {power}, outside ActivePower's Int16: "
-                         f"set the server's multiplier to {power + len(str(abs(value))) - 4} or more")
+                         f"set the server's multiplier to {enough} or more")
     return value
 
 

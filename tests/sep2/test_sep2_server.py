@@ -216,6 +216,7 @@ async def test_all_02_the_walk_of_a_device_client(server: Sep2Server, client: Cl
             edev.ConnectionPointLink.href) == ("/edev/1/der", "/edev/1/fsa", "/edev/1/rg", "/edev/1/cp")
     assert (await client.get(edev.RegistrationLink.href, end_device.RegistrationResponse)).pIN == 111115
 
+    assert not (await client.get("/edev/1/cp", ConnectionPointResponse)).id  # none yet: served empty
     assert (await client.call("PUT", "/edev/1/cp", ConnectionPointRequest(id="NMI-0001"))).status == 204
     assert (await client.get("/edev/1/cp", ConnectionPointResponse)).id == "NMI-0001"
 
@@ -384,8 +385,23 @@ async def test_all_24_multiplier_encodes_limits_truncating(server: Sep2Server, c
     assert control.DERControlBase_.opModGenLimW == ActivePower(multiplier=2, value=2500)
     with pytest.raises(ValueError, match="Int16"):  # 250 kW does not fit at 10⁰
         server.multiplier = 0
-    with pytest.raises(ValueError, match="Int16"):
+    with pytest.raises(ValueError, match=r"Int16.*multiplier to 3 or more"):
         server.add_control(1, server.now(), 60, export_w=5_000_000)
+
+
+@pytest.mark.asyncio
+async def test_all_20_poll_rates_as_set(server: Sep2Server, client: Client, pki: Pki) -> None:
+    await registered(client, pki)
+    for n, resource in enumerate(("dcap", "edevl", "fsal", "derpl", "derl"), start=1):
+        server.set_poll_rate(resource, n)
+    rates = [(await client.get(path, model)).pollRate for path, model in [
+        ("/dcap", DeviceCapabilityResponse), ("/edev", end_device.EndDeviceListResponse),
+        ("/edev/1/fsa", FunctionSetAssignmentsListResponse),
+        ("/edev/1/fsa/1/derp", der.DERProgramListResponse),
+        ("/edev/1/der", der.DERListResponse)]]
+    assert rates == [1, 2, 3, 4, 5]
+    with pytest.raises(ValueError, match="no pollRate on 'derc'"):
+        server.set_poll_rate("derc", 1)
 
 
 # ---- faults -----------------------------------------------------------------------------------------------
