@@ -35,8 +35,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gateway.app import site_params
-from gateway.config import StoreSection
+from gateway.config import StoreSection, site_params
 from gateway.core.engine import Engine
 from gateway.core.model import DeviceReading, MeterReading
 from gateway.journal import Journal

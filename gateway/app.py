@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from gateway.clocks import clocks
-from gateway.config import SiteFile
+from gateway.config import SiteFile, site_params
 from gateway.core import report
 from gateway.core.allocation import pcc_at, readings_spread, readings_time
 from gateway.core.engine import Cycle, Engine, StatusInfo
@@ -28,11 +28,8 @@ from gateway.core.model import (
     DeviceReading,
     Instruction,
     Invalid,
-    Limits,
     MeterReading,
     Role,
-    RoleLimits,
-    SiteParams,
 )
 from gateway.core.model import Inbound as CoreInbound
 from gateway.core.outbound import Outbound, Telemetry
@@ -69,26 +66,6 @@ async def in_turns(items: Iterable[T]) -> AsyncIterator[T]:
         yield item
         if i % LOOP_CHUNK == 0:
             await asyncio.sleep(0)
-
-
-def site_params(site: SiteFile) -> SiteParams:
-    s = site.site
-    d = s.default_envelope
-    return SiteParams(
-        site_id=s.id,
-        resource_id=s.resource_id,
-        export_cap_kw=s.export_cap_kw,
-        import_cap_kw=s.import_cap_kw,
-        default_envelope=Limits(export_limit_kw=d.export_limit_kw, import_limit_kw=d.import_limit_kw,
-                                generation_limit_kw=d.generation_limit_kw, load_limit_kw=d.load_limit_kw),
-        dual_participation_priority=s.dual_participation_priority,
-        comms_timeout_s=s.comms_timeout_s,
-        max_clock_skew_s=s.max_clock_skew_s,
-        target_tolerance_kw=s.target_tolerance_kw,
-        limit_margin_kw=s.limit_margin_kw,
-        max_live_instructions=RoleLimits(ieso=s.max_live_instructions.ieso, ldc=s.max_live_instructions.ldc),
-        max_horizon_s=RoleLimits(ieso=s.max_horizon_s.ieso, ldc=s.max_horizon_s.ldc),
-    )
 
 
 class DevicePoller:

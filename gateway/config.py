@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from gateway.core.model import MAX_HORIZON_S, MAX_LIVE_INSTRUCTIONS
+from gateway.core.model import MAX_HORIZON_S, MAX_LIVE_INSTRUCTIONS, Limits, RoleLimits, SiteParams
 
 NonNegKw = Annotated[float, Field(ge=0)]
 PositiveS = Annotated[float, Field(gt=0)]
@@ -410,3 +410,23 @@ def load_site(path: Path | str) -> SiteFile:
     except tomllib.TOMLDecodeError as err:
         raise SiteFileError(f"{path}: not valid TOML: {err}") from None
     return parse_site(data, path)
+
+
+def site_params(site: SiteFile) -> SiteParams:
+    s = site.site
+    d = s.default_envelope
+    return SiteParams(
+        site_id=s.id,
+        resource_id=s.resource_id,
+        export_cap_kw=s.export_cap_kw,
+        import_cap_kw=s.import_cap_kw,
+        default_envelope=Limits(export_limit_kw=d.export_limit_kw, import_limit_kw=d.import_limit_kw,
+                                generation_limit_kw=d.generation_limit_kw, load_limit_kw=d.load_limit_kw),
+        dual_participation_priority=s.dual_participation_priority,
+        comms_timeout_s=s.comms_timeout_s,
+        max_clock_skew_s=s.max_clock_skew_s,
+        target_tolerance_kw=s.target_tolerance_kw,
+        limit_margin_kw=s.limit_margin_kw,
+        max_live_instructions=RoleLimits(ieso=s.max_live_instructions.ieso, ldc=s.max_live_instructions.ldc),
+        max_horizon_s=RoleLimits(ieso=s.max_horizon_s.ieso, ldc=s.max_horizon_s.ldc),
+    )

@@ -9,8 +9,7 @@ from pathlib import Path
 import pytest
 import tomli_w
 
-from gateway.app import site_params
-from gateway.config import SiteFileError, load_site
+from gateway.config import SiteFileError, load_site, site_params
 from gateway.core.model import Invalid, RoleLimits
 from gateway.core.outbound import Availability, ErrorMsg, Response
 from simulators.example_site import example_site

@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from gateway.app import site_params
+from gateway.config import site_params
 from gateway.core.engine import Engine
 from gateway.core.outbound import ErrorMsg, Outbound, Response
 from gateway.journal import Journal

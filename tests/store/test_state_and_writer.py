@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.app import site_params
+from gateway.config import site_params
 from gateway.core.engine import Engine
 from gateway.core.instructions import SEEN_RETENTION
 from gateway.core.outbound import Response

@@ -26,7 +26,9 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any
 
-from gateway.core.outbound import Constraint
+from gateway.config import site_params
+from gateway.core.model import Inbound
+from gateway.core.outbound import Constraint, Response
 from gateway.journal import Encoded
 from gateway.north.port import CycleView, Port
 from gateway.north.sep2 import codec, identity, instructions, schedule
@@ -61,6 +63,7 @@ class Tree:
 class Sep2Client:
     def __init__(self, port: Port) -> None:
         self.port = port
+        self.params = site_params(port.site)
         cfg = self.cfg = port.site.sep2
         assert cfg.ca is not None and cfg.cert is not None and cfg.key is not None  # the site file checks
         der = identity.certificate_der(cfg.cert)
@@ -98,8 +101,8 @@ class Sep2Client:
             # a limit of a control the site cannot deliver: the control is answered "cannot be met"
             if isinstance(out, Constraint) and out.ref.startswith(instructions.PREFIX) \
                     and (mrid := instructions.control_of(out.ref)) is not None:
-                self.responses.cannot(mrid, f"{out.reason}: {out.deliverable_kw:.1f} kW deliverable")
-                self._wake.set()
+                self._queue(self.responses.cannot_be_met(
+                    mrid, f"{out.reason}: {out.deliverable_kw:.1f} kW deliverable"))
 
     async def run(self) -> None:
         async with Server(self.cfg.server, self._ssl, self.cfg.request_timeout_s, self._heard) as server:
@@ -121,27 +124,46 @@ class Sep2Client:
     def _on_box_clock(self) -> list[Control]:
         return [replace(c, start=c.start - self.offset_s) for c in self.controls.values()]
 
+    def _held(self) -> dict[str, Inbound]:
+        """What the core holds from 2030.5, by key (instructions.after's shape): after a restart, the
+        instructions the core restored, so that nothing is submitted twice."""
+        held: dict[str, Inbound] = {}
+        for msg_id, msg in self.port.live("ldc").items():
+            if msg_id.startswith(instructions.PREFIX):
+                key = instructions.key_of(msg_id)
+                held[msg_id if key in held else key] = msg
+        return held
+
     async def _follow(self) -> None:
+        submitted = self._held()
         await self.received.wait()  # until then the core's restored sep2 instructions stand as they are
         while True:
             now = int(time.time())
             controls = self._on_box_clock()
-            plan = schedule.plan(controls, list(self.defaults.values()), self.lfdi, now)
-            # the defaults' horizon moves once an hour, not every second (each move is a replacement)
-            desired = instructions.desired(plan, self.port.site.site.id, now - now % 3600, HORIZON_S)
-            submitted = {i: m for i, m in self.port.live("ldc").items() if i.startswith(instructions.PREFIX)}
-            for msg in instructions.changes(desired, submitted):
-                outs = await self.port.submit(msg, source=SOURCE)
-                for out in outs:
-                    if getattr(out, "status", None) == "rejected":
-                        log.warning("2030.5: %s refused by the core: %s %s", msg.id,
-                                    getattr(out, "reason", ""), getattr(out, "detail", ""))
-            due = self.responses.due(controls, plan, now)
-            if due:
-                self._outbox.extend(due)
-                self._wake.set()
+            plan = schedule.plan(controls, list(self.defaults.values()), self.lfdi)
+            want = instructions.desired(plan, self.params, now, HORIZON_S)
+            for _ in range(3):  # the adds, then the cancels (see instructions.changes)
+                msgs = instructions.changes(want, submitted, now)
+                if not msgs:
+                    break
+                refused = [msg.id for msg in msgs if not await self._submitted(msg)]
+                submitted = instructions.after(submitted, msgs, now, refused)
+            self._queue(self.responses.due(controls, plan, now))
             self._forget(now)
             await asyncio.sleep(FOLLOW_S)
+
+    async def _submitted(self, msg: Inbound) -> bool:
+        outs = await self.port.submit(msg, source=SOURCE)
+        for out in outs:
+            if isinstance(out, Response) and out.status == "rejected":
+                log.warning("2030.5: the core refused %s: %s %s", msg.id, out.reason, out.detail or "")
+                return False
+        return True
+
+    def _queue(self, due: list[schedule.Due]) -> None:
+        if due:
+            self._outbox.extend(due)
+            self._wake.set()
 
     def _forget(self, now: int) -> None:
         for mrid in [m for m, c in self.controls.items() if c.end - self.offset_s + FORGET_S < now]:
@@ -204,7 +226,7 @@ class Sep2Client:
         if dcap.EndDeviceListLink is None:
             raise codec.Sep2Error(f"{server.dcap_href}: DeviceCapability has no EndDeviceListLink")
         edev_href = await self._end_device(server, dcap.EndDeviceListLink.href)
-        edev = await server.get(codec.EndDevice, edev_href)
+        edev = await server.get(codec.EndDeviceResponse, edev_href)
         if edev.RegistrationLink is not None and self.cfg.pin is not None:
             reg = await server.get(codec.Registration, edev.RegistrationLink.href)
             if reg.pIN != self.cfg.pin:
@@ -246,7 +268,7 @@ class Sep2Client:
 
     async def _poll_programs(self, server: Server, now: float) -> None:
         assert self._tree is not None
-        edev = await server.get(codec.EndDevice, self._tree.edev)
+        edev = await server.get(codec.EndDeviceResponse, self._tree.edev)
         controls: dict[str, Control] = {}
         defaults: dict[str, DefaultControl] = {}
         rates: list[float] = []

@@ -55,6 +55,7 @@ DERAvailability = der.DERAvailability
 ConnectStatus = der.ConnectStatusTypeValue
 InverterStatus = der.InverterStatusTypeValue
 OperationalModeStatus = der.OperationalModeStatusTypeValue
+StateOfChargeStatus = der.StateOfChargeStatusValue
 ControlResponse = response.DERControlResponse
 MirrorUsagePoint = metering_mirror.MirrorUsagePoint
 MirrorUsagePointList = metering_mirror.MirrorUsagePointListResponse

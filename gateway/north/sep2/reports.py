@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 SITE_ROLE, DER_ROLE = 0x03, 0x49
 DEFAULT_POST_S = 300
-INT16 = 32767
+INT16 = 32767  # 2030.5 readings are Int16 with a power of ten
 # DERControlType bits the gateway carries out (opModConnect, opModEnergize); the CSIP-AUS limits are in
 # doeModesSupported: export, import, generation and load limits
 MODES = 0x04 | 0x08
@@ -36,14 +36,6 @@ DOE_MODES = 0x01 | 0x02 | 0x04 | 0x08
 # (name, uom, power of ten): 38 W, 63 var, 29 V, 33 Hz
 QUANTITIES = {"w": (38, 0), "var": (63, 0), "v": (29, -1), "hz": (33, -2)}
 SITE_QUANTITIES, DER_QUANTITIES = ("w", "var", "v", "hz"), ("w", "var")
-
-
-def power(w: float) -> codec.ActivePower:
-    """W as 2030.5's int16 value and power of ten: the smallest multiplier that fits."""
-    multiplier = 0
-    while abs(w) / 10**multiplier > INT16:
-        multiplier += 1
-    return codec.active_power(w, multiplier)
 
 
 def mrid(lfdi: str, role: int, index: int = 0) -> str:
@@ -98,18 +90,21 @@ class Reporter:
         self.nominal_v = site.sep2.nominal_v
 
     # ---- DERCapability, DERSettings, DERStatus -------------------------------------------------------
-    def _rated_w(self) -> float:
-        return sum(d.rated_kw for d in self.site.controllable) * 1000
+    @staticmethod
+    def _rated_w(view: CycleView) -> float:
+        """The site's DER rating as its devices report it (SunSpec WRtg, the DNP3 nameplate)."""
+        return sum(d.rated_kw for d in view.devices) * 1000
 
-    def capability(self) -> codec.DERCapability:
+    def capability(self, view: CycleView) -> codec.DERCapability:
         kinds = {d.kind for d in self.site.controllable}
         der_type = codec.DERType.COMBINED_PV_AND_STORAGE if "battery" in kinds else \
             codec.DERType.PHOTOVOLTAIC_SYSTEM
-        return codec.DERCapability(modesSupported=f"{MODES:08X}", rtgMaxW=power(self._rated_w()),
-                                   type_=der_type, doeModesSupported=f"{DOE_MODES:02X}")
+        return codec.DERCapability(modesSupported=f"{MODES:08X}",
+                                   rtgMaxW=codec.active_power(self._rated_w(view)), type_=der_type,
+                                   doeModesSupported=f"{DOE_MODES:02X}")
 
-    def settings(self, set_grad_w: int) -> codec.DERSettings:
-        return codec.DERSettings(setMaxW=power(self._rated_w()), setGradW=set_grad_w,
+    def settings(self, view: CycleView, set_grad_w: int) -> codec.DERSettings:
+        return codec.DERSettings(setMaxW=codec.active_power(self._rated_w(view)), setGradW=set_grad_w,
                                  modesEnabled=f"{MODES:08X}", doeModesEnabled=f"{DOE_MODES:02X}",
                                  updatedTime=int(time.time()))
 
@@ -132,9 +127,12 @@ class Reporter:
 
     async def report_der(self, server: Server, der: codec.DER, view: CycleView | None, offset_s: int,
                          set_grad_w: int) -> None:
-        """DERCapability and DERSettings when they changed, DERStatus every time."""
-        for name, link, make in (("dercap", der.DERCapabilityLink, self.capability),
-                                 ("derg", der.DERSettingsLink, lambda: self.settings(set_grad_w))):
+        """DERCapability and DERSettings when they changed, DERStatus every time (once a cycle has read the
+        devices: their ratings are what is reported)."""
+        if view is None:
+            return
+        for name, link, make in (("dercap", der.DERCapabilityLink, lambda: self.capability(view)),
+                                 ("derg", der.DERSettingsLink, lambda: self.settings(view, set_grad_w))):
             if link is None:
                 continue
             obj = make()
