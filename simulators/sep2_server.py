@@ -67,6 +67,7 @@ SEP2, CSIPAUS = nsmap[""], nsmap["csipaus"]
 # envoy's run-time defaults (seen on v1.5.0); the MirrorUsagePointList's is the 2030.5 default.
 DEFAULT_POLL_RATES = {"dcap": 300, "edevl": 300, "fsal": 300, "derpl": 60, "derl": 60, "mupl": 900}
 DEFAULT_POST_RATE = 60
+CSIPAUS_12 = "https://csipaus.org/ns"
 DEFAULT_PIN = 111115  # 2030.5's example PIN: 11111 and its check digit
 FIRST_MUP_ID = 2  # envoy handed out /mup/2 to a fresh client: a client that assumes /mup/1 gets 404
 DEFAULT_PAGE_LIMIT = 1  # 2030.5's default for `l`, as envoy applies it
@@ -228,6 +229,9 @@ class Sep2Server:
         self.pin = DEFAULT_PIN
         self.clock_offset_s = 0.0  # the server's clock (and /tm) runs this far ahead of the real one
         self._multiplier = 0
+        # the CSIP-AUS namespace served: another line's (e.g. https://csipaus.org/ns/v1.3, CSIP-AUS 1.3)
+        # plays a server the client does not speak, whose limits a 1.2 model would silently drop
+        self.csipaus_namespace = CSIPAUS_12
         self.poll_rates = dict(DEFAULT_POLL_RATES)
         self.post_rate = DEFAULT_POST_RATE
         self._devices: dict[str, _Device] = {}  # by LFDI
@@ -506,6 +510,7 @@ class Sep2Server:
         except sep2_xsd.XsdError as e:
             self.errors.append(BodyError("server", "", type(model).__name__, str(e), body, *_wall()))
             raise SimulatorBug(f"the simulator served an XSD-invalid {type(model).__name__}: {e}") from e
+        body = body.replace(CSIPAUS_12.encode(), self.csipaus_namespace.encode())
         return web.Response(body=body, status=status, headers=headers, content_type=CONTENT_TYPE)
 
     def _error(self, status: int, message: str, reason: int = 1) -> web.Response:

@@ -109,7 +109,7 @@ async def test_all_03_rej_a_registration_pin_that_is_not_the_sites_stops_the_cli
     mrid = server.add_control(1, server.now() - 1, 120, export_w=10_000)
     status = await rig.wait_status(lambda s: any("Registration PIN" in a for a in s["alarms"]), timeout=15)
     assert any("222220" in a and "111115" in a for a in status["alarms"])
-    t = await rig.telemetry()
+    t = await rig.telemetry(start=len(rig.peer.messages))
     assert mrid not in t["effective"]["binding"] and rig.sim.meter_p_kw > 10.5
     assert not server.requested("GET", "/edev/1/derp/1/derc")
 
@@ -128,3 +128,18 @@ async def test_a_limit_arriving_over_2030_5_and_mqtt_is_applied_once_the_most_re
     t = await site.telemetry(lambda t: "env-mqtt-2" in t["effective"]["binding"], start=mark)
     assert t["effective"]["export_limit_kw"] == 35.0
     await site.wait_meter(lambda p: p <= 35.5)
+
+
+async def test_a_control_in_another_csip_aus_namespace_is_refused_and_alarmed_never_read_as_no_limit(
+        site: Rig, server: Sep2Server) -> None:
+    kept = server.add_control(1, server.now() - 1, 120, export_w=60_000)
+    await site.telemetry(lambda t: f"sep2:{kept}" in t["effective"]["binding"], timeout=20)
+    # a CSIP-AUS 1.3 server now: envoy-schema 1.x would read its limits as None, with no error
+    server.csipaus_namespace = "https://csipaus.org/ns/v1.3"
+    server.add_control(1, server.now() - 1, 120, export_w=90_000, creation_time=server.now() + 1)
+    status = await site.wait_status(lambda s: any("csipaus.org/ns/v1.3" in a for a in s["alarms"]),
+                                    timeout=15)
+    assert any("following the schedule received" in a for a in status["alarms"])
+    t = await site.telemetry(start=len(site.peer.messages))
+    assert t["effective"]["export_limit_kw"] == 60.0  # the newer control is not taken as "no limit"
+    assert any(kept in ref for ref in site.gateway.info().active)
