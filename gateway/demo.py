@@ -16,11 +16,13 @@ import tempfile
 from pathlib import Path
 
 from gateway.app import Gateway
-from gateway.config import SiteFile, StoreSection, WebSection
+from gateway.config import LdcSection, Sep2Section, SiteFile, StoreSection, WebSection
 from gateway.demo_report import Timeline, write_report
 from simulators.embedded_broker import EmbeddedBroker
 from simulators.mosquitto import free_port
 from simulators.scada_master import scenario_actions
+from simulators.sep2_certs import make_pki
+from simulators.sep2_server import Sep2Server, sep2_actions
 from simulators.site import SiteSimulator
 from simulators.upstream import ScenarioPlayer, Verdict, load_scenario
 
@@ -53,6 +55,21 @@ def _describe_site(site: SiteFile) -> str:
         lines.append(f"  LDC SCADA: DNP3 outstation {site.scada.outstation_address} at "
                      f"{site.scada.host}:{site.scada.port} (master {site.scada.master_address})")
     return "\n".join(lines)
+
+
+async def _start_sep2(site: SiteFile) -> Sep2Server:
+    """The LDC's 2030.5 server, on a fresh test PKI, polled every second; the site set to use it (the
+    LDC's MQTT envelopes still count; its default envelope is the server's DefaultDERControl)."""
+    pki = make_pki(Path(tempfile.mkdtemp(prefix="der-gateway-demo-pki-")))
+    server = Sep2Server(pki, port=_free_port(site))
+    for resource in ("dcap", "edevl", "fsal", "derpl", "derl"):
+        server.set_poll_rate(resource, 1)
+    server.multiplier = 1  # as envoy encodes site controls: tens of W
+    await server.start()
+    site.sep2 = Sep2Section(enabled=True, server=server.dcap_url, ca=pki.ca_cert, cert=pki.client_cert,
+                            key=pki.client_key)
+    site.ldc = LdcSection(default_envelope="sep2")
+    return server
 
 
 def _report(verdicts: list[Verdict]) -> str:
@@ -92,13 +109,18 @@ async def run_demo(site: SiteFile, scenario: Path, broker_url: str | None, repor
         site.web = WebSection(enabled=True, port=_web_port(site))
     print(f"Status page: http://{site.web.host}:{site.web.port}/ (also /metrics; or `der-gateway status "
           f"--url http://{site.web.host}:{site.web.port}`)")
+    sep2 = await _start_sep2(site)
+    print(f"IEEE 2030.5: utility-server simulator at {sep2.dcap_url} (mutual TLS, CSIP-AUS 1.2); the LDC's "
+          "default envelope comes by 2030.5")
     sim = SiteSimulator(site)
     await sim.start()
     gateway = Gateway(site, broker_url)
     gw_task = asyncio.create_task(gateway.run())
     timeline = Timeline()
-    # The scenario's SCADA steps, through a dnp3py master (PROTOCOL §9).
+    # The scenario's SCADA steps, through a dnp3py master (PROTOCOL §9); its 2030.5 steps, by the
+    # utility-server simulator the gateway polls.
     scada, actions = scenario_actions(site)
+    actions.update(sep2_actions(sep2))
     try:
         player = ScenarioPlayer(broker_url, site.site.id, site.site.resource_id, actions=actions,
                                 tolerance_kw=max(5.0, 2 * site.site.target_tolerance_kw),
@@ -110,6 +132,7 @@ async def run_demo(site: SiteFile, scenario: Path, broker_url: str | None, repor
         with contextlib.suppress(asyncio.CancelledError):
             await gw_task
         await sim.stop()
+        await sep2.stop()
         if broker:
             await broker.stop()
     print(_report(verdicts))

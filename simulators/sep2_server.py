@@ -962,3 +962,12 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def sep2_actions(server: Sep2Server) -> dict[str, Callable[[], Any]]:
+    """The 2030.5 actions a scenario can name (examples/demo_scenario.toml): the LDC's utility server
+    issues an export limit of 120 kW for 20 s, and sets its DefaultDERControl to 160 kW export."""
+    return {
+        "sep2_export_limit": lambda: server.add_control(1, server.now() - 1, 20, export_w=120_000),
+        "sep2_default": lambda: server.set_default(1, export_w=160_000),
+    }

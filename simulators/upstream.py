@@ -161,6 +161,9 @@ class ScenarioPlayer:
         if "binding" in exp:
             b = telemetry["effective"]["binding"]
             checks.append((b == exp["binding"], f"binding {b}"))
+        if "binding_prefix" in exp:
+            b = telemetry["effective"]["binding"]
+            checks.append((b.startswith(exp["binding_prefix"]), f"binding {b}"))
         for want in exp.get("responses", []):
             found = any(
                 t.startswith(self.prefix + "gateway/response/")
