@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from itertools import pairwise
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -92,7 +93,7 @@ def test_all_21_many_controls_back_to_back() -> None:
     for q in ("export", "import"):
         slices = p.slices[q]
         assert [s.mrid for s in slices] == [c.mrid for c in controls]
-        assert all(a.end == b.start for a, b in zip(slices, slices[1:], strict=False))
+        assert all(a.end == b.start for a, b in pairwise(slices))
     for i, c in enumerate(controls):
         assert S.at(p, "export", T + 60 * i + 30) == S.Setting(1000.0 * (i + 1), c.mrid, False)
         assert S.at(p, "import", T + 60 * i) == S.Setting(2000.0 * (i + 1), c.mrid, False)
@@ -118,7 +119,7 @@ def test_all_22_successive_events_run_without_gap_or_overlap() -> None:
     assert [s.mrid for s in slices] == [c.mrid for c in controls]
     first = T + S.offset(controls[0], LFDI)
     assert slices[0].start == first and T <= first <= T + 60
-    assert all(a.end == b.start for a, b in zip(slices, slices[1:], strict=False))
+    assert all(a.end == b.start for a, b in pairwise(slices))
     assert all(s.end - s.start == 120 for s in slices)
     # the active event is never re-randomised: a re-poll, a restart, a control added later move nothing
     later = [*controls, ctl(9, T + 5000, 120, rs=60)]
@@ -292,7 +293,7 @@ def test_plan_is_the_brute_force_winner(controls: list[Control], dt: int) -> Non
     t = T + dt
     for q in QUANTITIES[:4]:
         slices = p.slices[q]
-        assert all(a.end <= b.start for a, b in zip(slices, slices[1:], strict=False))
+        assert all(a.end <= b.start for a, b in pairwise(slices))
         covering = [c for c in controls if q in c.values and c.status != CANCELLED and c.start <= t < c.end]
         got = S.at(p, q, t)
         if not covering:
@@ -309,7 +310,7 @@ def test_randomised_slices_stay_sorted_and_inside_each_window(controls: list[Con
     p = S.plan(controls, [], LFDI)
     for slices in p.slices.values():
         assert all(s.start < s.end for s in slices)
-        assert all(a.end <= b.start for a, b in zip(slices, slices[1:], strict=False))
+        assert all(a.end <= b.start for a, b in pairwise(slices))
         for s in slices:
             start, end = p.windows[s.mrid]
             assert start <= s.start and s.end <= end
