@@ -52,9 +52,11 @@ def desired(p: Plan, params: SiteParams, now: int, horizon_s: int, max_messages:
     key until `changes` mints the one it is submitted under).
 
     `horizon_s` must lie within the core's `max_horizon_s.ldc`; the client calls this every poll, so the
-    horizon moves on with time. At most `max_messages` (the default: half the core's
-    `max_live_instructions.ldc`, so that a change, which adds before it cancels, always has room) are
-    kept, the earliest first: what is left out starts later and comes in as the earlier ones end.
+    horizon moves on with time. At most `max_messages` envelopes and overrides are kept, the earliest
+    first: what is left out starts later and comes in as the earlier ones end. The default,
+    (max_live_instructions.ldc − 1) // 2, leaves room for a change, which adds before it cancels: the
+    old and the new set and the default_envelope (a newer one drops the older at once) fit the core's
+    cap. Ended and replaced ones leave the core's count at its next cycle.
     Limits above what the core accepts (10 × the larger connection-agreement cap) are that bound: no
     limit of this site can mean more. Raises ValueError when a control cannot be carried (a key too
     long, a limit that is negative or not a number): the codec lets no such control through.
@@ -62,7 +64,8 @@ def desired(p: Plan, params: SiteParams, now: int, horizon_s: int, max_messages:
     if not 0 < horizon_s <= params.max_horizon_s.ldc:
         raise ValueError(f"horizon_s {horizon_s} must be within the core's max_horizon_s.ldc "
                          f"({params.max_horizon_s.ldc:g} s)")
-    limit = max_messages if max_messages is not None else max(1, int(params.max_live_instructions.ldc) // 2)
+    cap = int(params.max_live_instructions.ldc)
+    limit = max_messages if max_messages is not None else max(1, (cap - 1) // 2)
     max_kw = ABSURD_FACTOR * max(params.export_cap_kw, params.import_cap_kw)
     step = max(1, horizon_s // STEPS_PER_HORIZON)
     until = -(-(now + horizon_s) // step) * step
