@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 from gateway.core import model as m
 from gateway.core.engine import Engine
-from gateway.core.instructions import Record, superseded_from
 from gateway.core.limits import limits_at
 from gateway.core.outbound import Response
 from gateway.north.sep2 import instructions as I
@@ -79,15 +78,8 @@ class Site:
     def _check_exact(self, now: int) -> None:
         """The core holds exactly what the client thinks it holds (nothing left over, nothing missing)."""
         store = self.engine.state.store
-        superseded = superseded_from(store)  # replaced: dropped by the next cycle, never in force again
-
-        def held(rec: Record) -> bool:
-            end, start = getattr(rec.msg, "end", None), getattr(rec.msg, "start", None)
-            if end is not None and end.timestamp() <= now:
-                return False
-            return rec.seq not in superseded or superseded[rec.seq] > max(dt(now), start or dt(now))
-
-        live = {rec.msg.id for rec in store.live() if held(rec)}
+        live = {rec.msg.id for rec in store.live()
+                if getattr(rec.msg, "end", None) is None or rec.msg.end.timestamp() > now}
         assert live == {msg.id for msg in self.held.values()
                         if getattr(msg, "end", None) is None or msg.end.timestamp() > now}
 
