@@ -52,9 +52,11 @@ def desired(p: Plan, params: SiteParams, now: int, horizon_s: int, max_messages:
     key until `changes` mints the one it is submitted under).
 
     `horizon_s` must lie within the core's `max_horizon_s.ldc`; the client calls this every poll, so the
-    horizon moves on with time. At most `max_messages` (the default: half the core's
-    `max_live_instructions.ldc`, so that a change, which adds before it cancels, always has room) are
-    kept, the earliest first: what is left out starts later and comes in as the earlier ones end.
+    horizon moves on with time. At most `max_messages` envelopes and overrides are kept, the earliest
+    first: what is left out starts later and comes in as the earlier ones end. The default,
+    (max_live_instructions.ldc − 1) // 2, leaves room for a change, which adds before it cancels: the
+    old and the new set and the default_envelope (a newer one drops the older at once) fit the core's
+    cap. Ended and replaced ones leave the core's count at its next cycle.
     Limits above what the core accepts (10 × the larger connection-agreement cap) are that bound: no
     limit of this site can mean more. Raises ValueError when a control cannot be carried (a key too
     long, a limit that is negative or not a number): the codec lets no such control through.
@@ -62,7 +64,8 @@ def desired(p: Plan, params: SiteParams, now: int, horizon_s: int, max_messages:
     if not 0 < horizon_s <= params.max_horizon_s.ldc:
         raise ValueError(f"horizon_s {horizon_s} must be within the core's max_horizon_s.ldc "
                          f"({params.max_horizon_s.ldc:g} s)")
-    limit = max_messages if max_messages is not None else max(1, int(params.max_live_instructions.ldc) // 2)
+    cap = int(params.max_live_instructions.ldc)
+    limit = max_messages if max_messages is not None else max(1, (cap - 1) // 2)
     max_kw = ABSURD_FACTOR * max(params.export_cap_kw, params.import_cap_kw)
     step = max(1, horizon_s // STEPS_PER_HORIZON)
     until = -(-(now + horizon_s) // step) * step
@@ -161,9 +164,12 @@ def changes(want: Mapping[str, Inbound], submitted: Mapping[str, Inbound], now: 
     the core refuses a message: first every new or changed message (overrides first: they protect);
     only once there is none, the cancels of what is no longer wanted. A changed envelope names the one
     it changes in `replaces` when the core then drops the old one at once (the new one starts by now, or
-    no later than the old one), so there is no moment with neither; any other change is added beside the
-    old one, which `after` keeps under its own id for the cancel round. The client calls `changes` and
-    `after` until `changes` has nothing (twice when something changed)."""
+    no later than the old one), so the site follows the new one from the first round with no moment
+    under neither; any other change is added beside the old one. Either way `after` keeps the old one
+    under its own id and the second round cancels it: the core keeps a replaced envelope until its
+    replacement starts, and would put it back in force if the replacement were cancelled before then.
+    The client calls `changes` and `after` until `changes` has nothing (twice when something changed).
+    """
     adds: list[Inbound] = []
     for key, new in want.items():
         old = submitted.get(key)
@@ -182,9 +188,10 @@ def after(submitted: Mapping[str, Inbound], sent: Iterable[Inbound], now: int,
           refused: Iterable[str] = ()) -> dict[str, Inbound]:
     """What the core holds from us once `sent` went in and the core refused the ids in `refused`.
 
-    An accepted message takes its key; the message it changed without `replaces` stays, under its own
-    id, until the cancel round; an accepted or refused cancel (UNKNOWN_REF: it had ended) removes what it
-    names; a refused message changes nothing (its key is tried again). Ended ones are dropped."""
+    An accepted message takes its key; the message it changed stays, under its own id, until the cancel
+    round (a default_envelope excepted: the core drops the older one at once); an accepted or refused
+    cancel (UNKNOWN_REF: it had ended) removes what it names; a refused message changes nothing (its
+    key is tried again). Ended ones are dropped."""
     no = set(refused)
     held = {k: m for k, m in submitted.items() if _live(m, now)}
     for m in sent:
@@ -195,8 +202,8 @@ def after(submitted: Mapping[str, Inbound], sent: Iterable[Inbound], now: int,
             continue
         key = key_of(m.id)
         old = held.get(key)
-        if old is not None and old.id != getattr(m, "replaces", None) and old.type != "default_envelope":
-            held[old.id] = old  # the core holds it until it is cancelled
+        if old is not None and old.type != "default_envelope":
+            held[old.id] = old  # cancelled in the next round, replaced or not (see changes)
         held[key] = m
     return held
 
