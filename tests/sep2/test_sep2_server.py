@@ -16,6 +16,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 import pytest_asyncio
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
 from envoy_schema.server.schema.csip_aus.connection_point import (
     ConnectionPointRequest,
     ConnectionPointResponse,
@@ -138,7 +140,8 @@ def test_lfdi_and_sfdi_follow_2030_5(pki: Pki) -> None:
     assert sfdi("3E4F45AB31EDFE5B67E343E5E4562E31984E23E5") == 167261211391
     digits = str(pki.client_sfdi)
     assert sum(map(int, digits)) % 10 == 0 and int(digits[:-1]) == int(pki.client_lfdi[:9], 16)
-    assert pki.client_lfdi == lfdi(cert_der(pki.client_cert)) and len(pki.client_lfdi) == 40
+    fingerprint = x509.load_pem_x509_certificate(pki.client_cert.read_bytes()).fingerprint(hashes.SHA256())
+    assert pki.client_lfdi == lfdi(cert_der(pki.client_cert)) == fingerprint.hex()[:40].upper()
     assert pki.client_lfdi != pki.other_lfdi
 
 
@@ -280,9 +283,7 @@ async def test_all_01_out_of_band_registration_only(pki: Pki) -> None:
             assert edevs.EndDevice[0].href == "/edev/1"
             body = end_device.EndDeviceRequest(lFDI=pki.other_lfdi, sFDI=sfdi(pki.other_lfdi), changedTime=1)
             assert (await other.call("POST", "/edev", body)).status == 403
-            # and another device never sees the gateway's EndDevice nor anything under it
             assert (await other.get("/edev", end_device.EndDeviceListResponse)).all_ == 0
-            assert (await other.call("GET", "/edev/1/derp/1/derc")).status == 404
         finally:
             await device.close()
             await other.close()
@@ -293,7 +294,29 @@ async def test_end_device_with_another_s_identity_is_refused(server: Sep2Server,
                                                              pki: Pki) -> None:
     body = end_device.EndDeviceRequest(lFDI=pki.other_lfdi, sFDI=sfdi(pki.other_lfdi), changedTime=1)
     assert (await client.call("POST", "/edev", body)).status == 403
-    assert len(server.errors) == 1 and "not those of the client certificate" in server.errors[0].message
+    wrong_sfdi = end_device.EndDeviceRequest(lFDI=pki.client_lfdi, sFDI=pki.client_sfdi + 1, changedTime=1)
+    assert (await client.call("POST", "/edev", wrong_sfdi)).status == 403
+    assert [e.message.split(" are ")[1] for e in server.errors] == ["not those of the client certificate "
+                                                                    f"(lFDI {pki.client_lfdi}, sFDI "
+                                                                    f"{pki.client_sfdi})"] * 2
+    assert (await client.call("GET", "/edev/1")).status == 404
+
+
+@pytest.mark.asyncio
+async def test_another_device_sees_only_its_own_end_device(server: Sep2Server, client: Client,
+                                                           pki: Pki) -> None:
+    other = Client(server, client_context(pki.ca_cert, pki.other_cert, pki.other_key))
+    try:
+        assert await registered(client, pki) == "/edev/1"
+        body = end_device.EndDeviceRequest(lFDI=pki.other_lfdi, sFDI=sfdi(pki.other_lfdi), changedTime=1)
+        assert (await other.call("POST", "/edev", body)).headers["Location"] == "/edev/2"
+        edevs = await other.get("/edev?l=10", end_device.EndDeviceListResponse)
+        assert [(e.href, e.lFDI) for e in edevs.EndDevice] == [("/edev/2", pki.other_lfdi)]
+        assert (await other.call("GET", "/edev/2/derp/1/derc")).status == 200
+        assert (await other.call("GET", "/edev/1/derp/1/derc")).status == 404
+        assert (await other.call("GET", "/edev/1")).status == 404
+    finally:
+        await other.close()
 
 
 @pytest.mark.asyncio
