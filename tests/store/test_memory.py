@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import sys
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -21,7 +22,7 @@ from gateway.journal import Journal
 from gateway.store import Store
 from gateway.store.health import StoreHealth
 from gateway.store.state import split
-from gateway.store.writer import InlineWriter
+from gateway.store.writer import InlineWriter, StoreWriter
 from tests.store.test_state_and_writer import NOW, cancel, dispatch, engine_with
 
 
@@ -130,3 +131,21 @@ def test_tdc_06_an_instruction_writes_its_own_seen_id_and_record_not_the_others(
         assert 0 < store.state.save_engine(restored.snapshot()) < 1000
     assert store.state.load_engine() == restored.snapshot()
     store.close()
+
+
+def test_the_writer_says_how_many_jobs_wait_for_it(tmp_path: Path) -> None:
+    writer = StoreWriter(lambda: Store(tmp_path / "gw.sqlite", 100), StoreHealth(tmp_path / "gw.sqlite"))
+    running, release = threading.Event(), threading.Event()
+
+    def hold(_: Store) -> None:
+        running.set()
+        release.wait(10)
+
+    first = writer.submit(hold)
+    assert running.wait(10)
+    later = [writer.submit(lambda _: None) for _ in range(3)]
+    assert writer.queued == 3  # the one running is not waiting
+    release.set()
+    assert first.result(10) and all(f.result(10) for f in later)
+    assert writer.queued == 0
+    writer.close()
