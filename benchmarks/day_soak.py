@@ -26,7 +26,9 @@ count, mean, the p99 bucket, overruns of the 1 s interval; every message receive
 own, TDC-11, so the compressed day has more of those per part than a real one), the instructions in force
 (status `active`)
 and the telemetry samples above the export limit in force: flat memory and cycle time show that nothing
-accumulates over the day.
+accumulates over the day. The verdict takes the least-squares trend over the parts (RSS at each part's
+end, the mean cycle of each part) per compressed hour: memory is flat when the trend adds at most
+FLAT_RSS_MIB over the day, cycle time when it moves by at most FLAT_CYCLE_SHARE of the first part's mean.
 
     .venv/bin/python benchmarks/day_soak.py                      # the day in 15 minutes
     .venv/bin/python benchmarks/day_soak.py --hours 3 --parts 3  # a shorter run, the same rates
@@ -56,7 +58,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.fuzz.hostile, benchmarks.fuzz_soak
 
-from benchmarks.fuzz_soak import rss_kib
+from benchmarks.fuzz_soak import FLAT_RSS_MIB, flat_memory, rss_kib, slope
 from gateway.north.mqtt import MqttPeer
 from gateway.protocol.codec import decode_inbound
 from simulators.example_site import example_site
@@ -70,6 +72,7 @@ HOSTILE_SHARE = 0.02
 TERMINAL = {"completed", "superseded"}
 FRESH = {"accepted", "constrained"}  # a later change of what can be delivered (§4)
 CYCLE_METRIC = "der_gateway_control_cycle_seconds"
+FLAT_CYCLE_SHARE = 0.2  # cycle time is flat when its trend moves it by at most this share over the day
 COLUMNS = [("hours", 11), ("sent", 6), ("hostile", 7), ("in force", 8), ("RSS MiB", 8), ("CPU %", 6),
            ("cycles", 6), ("mean ms", 8), ("p99 ≤ ms", 9), ("overruns", 8), ("over limit", 10)]
 
@@ -330,12 +333,21 @@ async def soak(hours: float, parts: int, compression: float, seed: int, workdir:
         sim_log.close()
         broker.stop()
     legit = check_legit(day, messages, hostile_ids(hostile_sent, messages, prefix))
+    # each part's end, in hours of the day: its RSS then, its cycles' mean over it
+    ends = [(p + 1) * hours / parts for p in range(len(rows))]
+    rss, means = [r["rss_mib"] for r in rows], [r["cycles"]["mean_ms"] for r in rows]
+    rss_grown, memory_flat = flat_memory(ends, rss)
+    cycle_moved = slope(ends, means) * (ends[-1] - ends[0])
     logged = (workdir / "gateway.log").read_text()
     hostile_problems = [p for r in rows for p in r.pop("hostile_problems")]
     return {
         "hours": hours, "compression": compression, "seed": seed, "parts": rows, "rss_start_mib":
         round(rss_start / 1024, 1), "legit": legit, "hostile_sent": len(hostile_sent),
         "hostile_problems": hostile_problems, "gateway_alive": alive,
+        "trend": {"rss_mib_per_hour": round(slope(ends, rss), 3), "rss_grown_mib": rss_grown,
+                  "memory_flat": memory_flat, "cycle_ms_per_hour": round(slope(ends, means), 4),
+                  "cycle_moved_ms": round(cycle_moved, 2),
+                  "cycle_flat": cycle_moved <= FLAT_CYCLE_SHARE * means[0]},
         "tracebacks_logged": logged.count("Traceback"),
         "errors_logged": sum(" ERROR " in line for line in logged.splitlines()),
     }
@@ -381,6 +393,13 @@ def main() -> int:
           f"{last['rss_mib']} at its end; mean control cycle {first['cycles']['mean_ms']} ms in the first "
           f"part, {last['cycles']['mean_ms']} ms in the last; overruns "
           f"{sum(r['cycles']['overruns'] for r in rows)}")
+    trend = res["trend"]
+    print(f"trend per compressed hour (least squares over the {len(rows)} parts, from the end of the first): "
+          f"RSS {trend['rss_mib_per_hour']:+.2f} MiB ({trend['rss_grown_mib']:+.1f} MiB over the day): "
+          f"{'FLAT' if trend['memory_flat'] else 'NOT FLAT'} (at most {FLAT_RSS_MIB:g} MiB); cycle mean "
+          f"{trend['cycle_ms_per_hour']:+.3f} ms ({trend['cycle_moved_ms']:+.2f} ms over the day): "
+          f"{'FLAT' if trend['cycle_flat'] else 'NOT FLAT'} (at most {FLAT_CYCLE_SHARE:.0%} of the first "
+          f"part's mean)")
     print(f"{legit['instructions']} instructions of the day, {legit['decisions_checked']} decisions checked "
           f"({legit['explained_by_hostile']} constrained by an accepted hostile instruction), "
           f"{len(legit['problems'])} wrong; {res['hostile_sent']} hostile cases, "

@@ -5,8 +5,11 @@ so its resident memory (VmRSS) is its own. This process plays both roles: it pub
 (tests/fuzz/hostile.py: random bytes, invalid UTF-8, deep nesting, huge numbers, NaN, wrong types,
 missing/extra/duplicate fields, long ids, wrong versions, near-valid messages, on every inbound topic),
 each followed by a sync message whose answer closes the case's answers, and checks that every case was
-answered as PROTOCOL §7 TDC-01/TDC-02 ask. The gateway's RSS is read after a warm-up and after the run:
-flat memory means nothing accumulates per message beyond the instructions it accepted.
+answered as PROTOCOL §7 TDC-01/TDC-02 ask. The gateway's RSS is read after a warm-up and after each
+batch: flat memory means nothing accumulates per message beyond the instructions it accepted. The verdict
+takes the least-squares trend over the batches, not the last sample, and calls the run flat when the trend
+adds at most FLAT_RSS_MIB over it. The gateway collects reference cycles once a minute: a run shorter
+than two minutes counts what waits for that collection as growth, and says so.
 
     .venv/bin/python benchmarks/fuzz_soak.py --cases 10000
 """
@@ -20,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -27,6 +31,7 @@ import tomli_w
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.fuzz.hostile: the cases themselves
 
+from gateway.cli import GC_EVERY_S
 from gateway.north.mqtt import MqttPeer
 from gateway.protocol.codec import decode_inbound
 from gateway.store import Store
@@ -38,6 +43,9 @@ from tests.fuzz.hostile import Case, answer_problem, exchange, expected_of, host
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+FLAT_RSS_MIB = 4.0  # "a few MiB": what a run may add to the gateway's memory after warm-up and be flat
+
+
 def rss_kib(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -45,16 +53,34 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
+def slope(xs: list[float], ys: list[float]) -> float:
+    """The least-squares slope of ys over xs (0 for fewer than two points): a trend, not the noise of the
+    last sample."""
+    if len(xs) < 2:
+        return 0.0
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    var = sum((x - mx) ** 2 for x in xs)
+    return 0.0 if var == 0 else sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / var
+
+
+def flat_memory(xs: list[float], rss_mib: list[float]) -> tuple[float, bool]:
+    """The memory the trend adds over the run (MiB: slope × span) and whether that is flat."""
+    grown = slope(xs, rss_mib) * (xs[-1] - xs[0]) if len(xs) > 1 else 0.0
+    return round(grown, 1), grown <= FLAT_RSS_MIB
+
+
 async def run_batches(peer: MqttPeer, prefix: str, cases: list[Case], batch: int, tag: str,
-                      problems: list[tuple[Case, str]], rates: list[float]) -> int:
+                      problems: list[tuple[Case, str]], rates: list[float],
+                      sample: Callable[[int], None] = lambda _: None) -> int:
     """Every case over MQTT; returns how many were answered as they must be (problems collects the rest,
-    rates each batch's cases/s)."""
+    rates each batch's cases/s; `sample` is told the cases sent so far after each batch)."""
     answered = 0
     for start in range(0, len(cases), batch):
         chunk = cases[start:start + batch]
         t0 = time.perf_counter()
         windows = await exchange(peer, prefix, chunk, tag=f"{tag}{start}")
         rates.append(len(chunk) / (time.perf_counter() - t0))
+        sample(start + len(chunk))
         for case, answers in zip(chunk, windows, strict=True):
             problem = answer_problem(expected_of(decode_inbound(case.role, case.msg_type, case.payload)),
                                      answers)
@@ -94,8 +120,10 @@ async def soak(n: int, warmup: int, batch: int, seed: int, workdir: Path) -> dic
             rates: list[float] = []
             await run_batches(peer, prefix, cases[:warmup], batch, "warm", problems, [])
             rss_start = rss_kib(gw.pid)
+            samples: list[tuple[int, float]] = []  # (cases sent, RSS MiB) after each batch
             t1 = time.perf_counter()
-            answered = await run_batches(peer, prefix, cases[warmup:], batch, "soak", problems, rates)
+            answered = await run_batches(peer, prefix, cases[warmup:], batch, "soak", problems, rates,
+                                         lambda sent: samples.append((sent, rss_kib(gw.pid) / 1024)))
             elapsed = time.perf_counter() - t1
             rss_end = rss_kib(gw.pid)
             alive = gw.poll() is None
@@ -107,13 +135,19 @@ async def soak(n: int, warmup: int, batch: int, seed: int, workdir: Path) -> dic
         broker.stop()
     logged = (workdir / "gateway.log").read_text()
     kinds = sorted({c.kind for c in cases})
+    per_1000, mib = [n / 1000 for n, _ in samples], [m for _, m in samples]
+    grown, flat = flat_memory(per_1000, mib)
     return {
         "cases": n, "warmup": warmup, "seed": seed, "seconds": round(elapsed, 1),
         "cases_per_s": round(n / elapsed), "cases_per_s_first_batch": round(rates[0]),
         "cases_per_s_last_batch": round(rates[-1]), "in_force_at_end": in_force(site.store.path),
         "answered": answered, "not_answered": len(problems),
         "gateway_alive": alive, "rss_start_mib": round(rss_start / 1024, 1),
-        "rss_end_mib": round(rss_end / 1024, 1), "tracebacks_logged": logged.count("Traceback"),
+        "rss_end_mib": round(rss_end / 1024, 1), "rss_max_mib": round(max(mib), 1),
+        "rss_slope_mib_per_1000_cases": round(slope(per_1000, mib), 2),
+        "rss_trend_grown_mib": grown, "memory_flat": flat,
+        "rss_samples_mib": [[n, round(m, 1)] for n, m in samples],
+        "tracebacks_logged": logged.count("Traceback"),
         "errors_logged": sum(" ERROR " in line for line in logged.splitlines()),
         "mutations": kinds, "problems": [f"{c!r}: {p}" for c, p in problems[:10]],
     }
@@ -145,6 +179,13 @@ def main() -> int:
           f"answered {res['answered']}/{res['cases']} (not answered: {res['not_answered']}); "
           f"gateway alive: {res['gateway_alive']}; RSS {res['rss_start_mib']} MiB after warm-up → "
           f"{res['rss_end_mib']} MiB at the end; tracebacks logged: {res['tracebacks_logged']}")
+    print(f"memory: {res['rss_slope_mib_per_1000_cases']:+.2f} MiB per 1,000 cases after warm-up (least "
+          f"squares over {len(res['rss_samples_mib'])} batches), {res['rss_trend_grown_mib']:+.1f} MiB over "
+          f"the run, peak {res['rss_max_mib']} MiB: {'FLAT' if res['memory_flat'] else 'NOT FLAT'} "
+          f"(flat: at most {FLAT_RSS_MIB:g} MiB)")
+    if res["seconds"] < 2 * GC_EVERY_S:
+        print(f"   note: the gateway collects reference cycles every {GC_EVERY_S:g} s (gateway/cli.py); in "
+              f"this {res['seconds']:g} s run what waits for that collection counts as growth")
     for p in res["problems"]:
         print("  ", p[:400])
     RESULTS.mkdir(exist_ok=True)

@@ -172,9 +172,12 @@ class _ScrapeTime(Collector):
         if audit is not None:
             yield CounterMetricFamily("der_gateway_audit_records", "Records appended to the audit log",
                                       value=audit.count)
-        health = getattr(getattr(gw, "journal", None), "health", None)
-        if health is not None:
-            yield from _store_health(health)
+        journal = getattr(gw, "journal", None)
+        if journal is not None:
+            yield GaugeMetricFamily("der_gateway_store_queued_jobs",
+                                    "Writes handed to the store's writer thread and not yet started",
+                                    value=journal.writer.queued)
+            yield from _store_health(journal.health)
 
 
 def _store_health(health: StoreHealth) -> Iterator[Metric]:

@@ -75,7 +75,7 @@ from gateway.core.outbound import (
     Response,
     Window,
 )
-from gateway.core.serde import from_jsonable, to_jsonable, transient
+from gateway.core.serde import KeptDict, from_jsonable, to_jsonable, transient
 from gateway.core.unmet import Shortfall, Unmet, culprits, report
 from gateway.core.validation import check, room
 
@@ -170,6 +170,7 @@ class Engine:
     def __init__(self, params: SiteParams, now: datetime) -> None:
         self.params = params
         self.state = EngineState(Store(), Supervision.starting(now), clock=Clock(wall=now))
+        _keep_seen_forms(self.state.store)
 
     # ---- time --------------------------------------------------------------------------------------------
     def _time(self, now: datetime, mono: float | None) -> tuple[datetime, float]:
@@ -498,6 +499,13 @@ class Engine:
             raise ValueError(f"unsupported engine snapshot format {d.get('format')!r}")
         # A snapshot of an older version may carry a ramp timed on the wall clock: it restarts instead.
         self.state = from_jsonable(EngineState, {k: v for k, v in d["state"].items() if k != "ramp"})
+        _keep_seen_forms(self.state.store)
+
+
+def _keep_seen_forms(store: Store) -> None:
+    """The seen ids' JSON form, kept and made again only for what changed (serde.KeptDict): a snapshot each
+    cycle costs nothing for the day's ids while none changes."""
+    store.seen = {role: KeptDict(by_id) for role, by_id in store.seen.items()}
 
 
 def _share(ctrl: list[DeviceReading], drifting: frozenset[str]) -> float:

@@ -24,6 +24,83 @@ def transient(**kwargs: Any) -> Any:
 JSON_CACHE = "_jsonable"  # where an instance of a `json_once` class keeps its JSON-able form once made
 
 
+class KeptDict(dict):
+    """A dict of values never changed in place (frozen: a seen id, replaced when it changes) whose
+    JSON-able form is kept, and made again only for the keys set or deleted since the last time it was
+    asked for (`to_jsonable`). While nothing changed, the form is the very same object,
+    so that the engine's snapshot and the store (StateStore.save_engine) skip all of it at once: the ids
+    seen in the last 24 h, thousands on a busy day, cost a control cycle nothing while no instruction
+    comes. A form once given out is never changed (a snapshot is kept, and read on the store's thread):
+    a change makes a new one (`update` and `clear` make the whole form again)."""
+
+    __slots__ = ("_changed", "_form", "_given")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._changed: set[Any] | None = None  # None: every key
+        self._form: dict[str, Any] = {}  # the form as it stands, changed in place
+        self._given: dict[str, Any] | None = None  # a copy of it, given out and never changed
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        self._touch(key)
+
+    def __delitem__(self, key: Any) -> None:
+        super().__delitem__(key)
+        self._touch(key)
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        out = super().pop(key, *default)
+        self._touch(key)
+        return out
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        out = super().setdefault(key, default)
+        self._touch(key)
+        return out
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        super().update(*args, **kwargs)
+        self._touch_all()
+
+    def popitem(self) -> tuple[Any, Any]:
+        out = super().popitem()
+        self._touch(out[0])
+        return out
+
+    def clear(self) -> None:
+        super().clear()
+        self._touch_all()
+
+    def __ior__(self, other: Any) -> KeptDict:
+        self.update(other)
+        return self
+
+    def __reduce__(self) -> tuple[Any, ...]:  # a copy or a pickle starts with every key to make
+        return (type(self), (dict(self),))
+
+    def _touch(self, key: Any) -> None:
+        if self._changed is not None:
+            self._changed.add(key)
+        self._given = None
+
+    def _touch_all(self) -> None:
+        self._changed, self._given = None, None
+
+    def jsonable(self) -> dict[str, Any]:
+        if self._given is None:
+            if self._changed is None:
+                self._form = {str(k): to_jsonable(v) for k, v in self.items()}
+            else:
+                for key in self._changed:
+                    if key in self:
+                        self._form[str(key)] = to_jsonable(self[key])
+                    else:
+                        self._form.pop(str(key), None)
+            self._changed, self._given = set(), dict(self._form)
+        return self._given
+
+
 def to_jsonable(obj: Any) -> Any:
     """The JSON-able form of `obj`. Do not change what it returns: the form of an instance of a frozen
     dataclass that says `json_once: ClassVar[bool] = True` (none of its fields can change, all the way
@@ -45,6 +122,8 @@ def to_jsonable(obj: Any) -> Any:
         return base64.b64encode(obj).decode("ascii")
     if isinstance(obj, list | tuple):
         return [to_jsonable(x) for x in obj]
+    if isinstance(obj, KeptDict):
+        return obj.jsonable()
     if isinstance(obj, dict):
         return {str(k): to_jsonable(v) for k, v in obj.items()}
     return obj

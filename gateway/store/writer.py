@@ -118,6 +118,10 @@ class InlineWriter(_Runner):
         self._maintain()
         return future
 
+    @property
+    def queued(self) -> int:
+        return 0  # a job runs as it is submitted
+
     def close(self) -> None:
         pass
 
@@ -138,6 +142,12 @@ class StoreWriter(_Runner):
         future: Future = Future()
         self._jobs.put(_Item(job, future, unstored or Counter()))
         return future
+
+    @property
+    def queued(self) -> int:
+        """Jobs submitted and not yet started (/metrics): each cycle awaits its own, so this stays at a
+        cycle's few unless the disk is slower than the cycles."""
+        return self._jobs.qsize()
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Write what is queued, then close the connection."""
