@@ -74,6 +74,7 @@ class Sep2Client:
         self.responses = schedule.Responses()
         self.offset_s = 0  # the server's clock − the box's (from /tm), whole seconds
         self.received = asyncio.Event()  # the programs were read once: the plan may be handed to the core
+        self._replan = asyncio.Event()  # the programs were read again: plan now, not on the next tick
         self.reporter = Reporter(port.site, self.lfdi)
         self.readings = Readings()
         self._tree: Tree | None = None
@@ -150,7 +151,10 @@ class Sep2Client:
                 submitted = instructions.after(submitted, msgs, now, refused)
             self._queue(self.responses.due(controls, plan, now))
             self._forget(now)
-            await asyncio.sleep(FOLLOW_S)
+            self._replan.clear()
+            with contextlib.suppress(TimeoutError):  # a second, or at once when the programs were read
+                async with asyncio.timeout(FOLLOW_S):
+                    await self._replan.wait()
 
     async def _submitted(self, msg: Inbound) -> bool:
         outs = await self.port.submit(msg, source=SOURCE)
@@ -290,6 +294,7 @@ class Sep2Client:
             self.controls[mrid] = c  # one that left the list is kept: removal is not cancellation
         self.defaults = defaults
         self.received.set()
+        self._replan.set()
         self._due["programs"] = now + (min(rates) if rates else self._rate(None))
 
     async def _read_program(self, server: Server, prog: codec.DERProgram, controls: dict[str, Control],
