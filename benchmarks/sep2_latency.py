@@ -80,8 +80,10 @@ async def run(rounds: int, idle_s: float) -> None:
             for n in range(rounds):
                 limit_kw = 100.0 - n  # every round a new, tighter limit
                 t0 = time.time()
-                # a touch looser than MQTT's, so that each is a change the core applies
-                mrid = server.add_control(1, server.now() - 1, 600, export_w=limit_kw * 1000 + 500)
+                # a touch looser than MQTT's, so that each is a change the core applies; created a second
+                # after the one before (equal creationTimes are decided by mRID, not by order)
+                mrid = server.add_control(1, server.now() - 1, 600, export_w=limit_kw * 1000 + 500,
+                                          creation_time=server.now() + n)
                 sep2.append(await carried(rig, mrid, t0))
                 t0 = time.time()
                 await rig.send("ldc", "envelope", f"bench-{n}", start=0, end=600, export_limit_kw=limit_kw,
