@@ -143,3 +143,16 @@ async def test_a_control_in_another_csip_aus_namespace_is_refused_and_alarmed_ne
     t = await site.telemetry(start=len(site.peer.messages))
     assert t["effective"]["export_limit_kw"] == 60.0  # the newer control is not taken as "no limit"
     assert any(kept in ref for ref in site.gateway.info().active)
+
+
+async def test_a_server_clock_off_by_more_than_the_bound_is_an_alarm_and_event_times_follow_it(
+        make_rig: Callable[..., Awaitable[Rig]], pki: Pki, server: Sep2Server) -> None:
+    server.clock_offset_s = 120.0  # the server's clock two minutes ahead of the box's
+    rig = await make_rig(sections=sep2_sections(pki, server, max_clock_skew_s=60))
+    status = await rig.wait_status(lambda s: any("clock is +120 s" in a for a in s["alarms"]), timeout=15)
+    assert any("max_clock_skew_s = 60" in a for a in status["alarms"])
+    # a control that started on the server's clock is in force now, although its start is ahead of ours
+    mrid = server.add_control(1, server.now() - 30, 120, export_w=45_000)
+    await rig.wait_meter(lambda p: p <= 45.5, timeout=20)
+    t = await rig.telemetry(start=len(rig.peer.messages))
+    assert f"sep2:{mrid}" in t["effective"]["binding"] or t["effective"]["export_limit_kw"] == 45.0
