@@ -153,7 +153,9 @@ def _walk(el: etree._Element, path: Path, in_scope: bool, out: dict[Path, bool])
 
 
 def _shown(path: Path) -> str:
-    return "/".join(_local(tag) + (f"[{i + 1}]" if i else "") for tag, i in path)
+    """DERControl/DERControlBase/opModExpLimW[2], …/@attr: local names, as a person reads the XML."""
+    return "/".join(("@" if tag.startswith("@") else "") + _local(tag) + (f"[{i + 1}]" if i else "")
+                    for tag, i in path)
 
 
 def _received(resource: str, root: etree._Element) -> dict[Path, bool]:
@@ -183,6 +185,11 @@ def _bound(resource: str, received: dict[Path, bool], bound: etree._Element) -> 
                             "drop it; refused", _VERSION_FIX)
 
 
+def _doctype(resource: str) -> Sep2Error:
+    return Sep2Error(resource, "(document)", "has a DOCTYPE (a DTD or entity declarations)",
+                     "2030.5 messages carry none; refused so that no entity is expanded and no file read")
+
+
 def parse(model: type[M], xml: bytes) -> M:
     """`xml` as `model`, or Sep2Error: no DTD or entity is ever read, the size is capped, the root must be
     the model's element, and the guard above holds."""
@@ -190,14 +197,15 @@ def parse(model: type[M], xml: bytes) -> M:
     if len(xml) > MAX_BYTES:
         raise Sep2Error(resource, "(document)", f"{len(xml)} bytes, over the {MAX_BYTES}-byte limit",
                         "a 2030.5 server pages its lists (?s=&l=); ask for a shorter page")
+    if b"<!DOCTYPE" in xml:  # before libxml2 sees it; the docinfo check below catches other encodings
+        raise _doctype(resource)
     try:
         root = etree.fromstring(xml, _PARSER)
     except etree.XMLSyntaxError as err:
         raise Sep2Error(resource, "(document)", f"not well-formed XML ({err})",
                         "the server must send application/sep+xml") from None
     if root.getroottree().docinfo.doctype:
-        raise Sep2Error(resource, "(document)", "has a DOCTYPE (a DTD or entity declarations)",
-                        "2030.5 messages carry none; refused so that no entity is expanded or file read")
+        raise _doctype(resource)
     if root.tag != _tag(model):
         raise Sep2Error(resource, _local(root.tag) if isinstance(root.tag, str) else "(root)",
                         f"root element {root.tag} where {_tag(model)} was asked for",
