@@ -5,6 +5,7 @@ the plan asks."""
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -20,6 +21,7 @@ from gateway.core.outbound import Response
 from gateway.north.sep2 import instructions as I
 from gateway.north.sep2 import schedule as S
 from gateway.north.sep2.model import ACTIVE, CANCELLED, SCHEDULED, Control, DefaultControl
+from gateway.protocol.codec import decode_inbound
 
 T = 1_800_000_000 + 3600 * 5 + 7  # not on a step of the horizon
 LFDI = "3e4f45ab31edfe5b67e343e5e4562e31984e23e5"
@@ -48,8 +50,9 @@ DEFAULT = DefaultControl("d" * 32, "p1", 1, {"export": 0.0, "import": 2000.0})
 class Site:
     """The core, fed the way the client feeds it: each poll, desired → changes/after until settled."""
 
-    def __init__(self) -> None:
-        self.engine = Engine(PARAMS, dt(T - 1000))  # before every poll: the core's clock never goes back
+    def __init__(self, params: m.SiteParams = PARAMS) -> None:
+        self.params = params
+        self.engine = Engine(params, dt(T - 1000))  # before every poll: the core's clock never goes back
         self.held: dict[str, m.Inbound] = {}
         self.refused: list[Response] = []
         self.steps: list[tuple[int, float]] = []  # (time, export limit at that time) after each message
@@ -57,7 +60,7 @@ class Site:
     def poll(self, controls: list[Control], now: int, defaults: tuple[DefaultControl, ...] = (DEFAULT,),
              **kw: int) -> S.Plan:
         p = S.plan(controls, list(defaults), LFDI)
-        want = I.desired(p, PARAMS, now, DAY, **kw)
+        want = I.desired(p, self.params, now, DAY, **kw)
         self.engine.heard("ldc", dt(now))  # the client tells the core the LDC link is up on every poll
         self.engine.cycle(dt(now), METER, DEVICES)  # the gateway's cycles go on: ended ones are dropped
         for _ in range(3):
@@ -76,12 +79,13 @@ class Site:
         raise AssertionError("changes did not settle in two rounds")
 
     def _check_exact(self, now: int) -> None:
-        """The core holds exactly what the client thinks it holds (nothing left over, nothing missing)."""
+        """The core holds exactly what the client thinks it holds (nothing left over, nothing missing):
+        the client's own instructions, beside whatever else the LDC sent."""
         store = self.engine.state.store
-        live = {rec.msg.id for rec in store.live()
-                if getattr(rec.msg, "end", None) is None or rec.msg.end.timestamp() > now}
-        assert live == {msg.id for msg in self.held.values()
-                        if getattr(msg, "end", None) is None or msg.end.timestamp() > now}
+        live = {rec.msg.id for rec in store.live() if rec.msg.id.startswith(I.PREFIX)
+                and (getattr(rec.msg, "end", None) is None or rec.msg.end.timestamp() > now)}
+        assert live == {msg.id for msg in self.held.values() if msg.type != "cancel"
+                        and (getattr(msg, "end", None) is None or msg.end.timestamp() > now)}
 
     def limit(self, t: int, q: str = "export", ldc_lost: bool = False) -> float:
         return getattr(limits_at(self.engine.state.store, PARAMS, dt(t), ldc_lost),
@@ -189,6 +193,43 @@ def test_a_changed_schedule_replaces_without_a_gap(change: str) -> None:
             replay.held = I.after(replay.held, msgs, now)
         assert replay.limit(t) == expected(new_plan, "export", t)[0]
     assert site.refused == []
+
+
+def test_a_changed_envelope_takes_over_in_the_first_round() -> None:
+    site = Site()
+    site.poll([], T, defaults=(DefaultControl("d" * 32, "p1", 1, {"export": 0.0}),))
+    raised = DefaultControl("d" * 32, "p1", 1, {"export": 3000.0})  # the server raises its default
+    msgs = I.changes(I.desired(S.plan([], [raised], LFDI), PARAMS, T, DAY), site.held, T)
+    assert msgs and all(msg.type != "cancel" for msg in msgs)
+    for msg in msgs:
+        site.engine.receive(msg, dt(T))
+    assert site.limit(T) == 3.0  # replaced at once, not the old 0 kW beside the new until the cancels
+
+
+def test_a_refused_change_withholds_the_cancels() -> None:
+    """The core refuses the new limit (its cap on live LDC instructions is full): the old one stays in
+    force, not the looser limits beside it, until the new one is in."""
+    params = replace(PARAMS, max_live_instructions=m.RoleLimits(ieso=100, ldc=6))
+    site = Site(params)
+    low = ctl(1, T - 100, 4000, creation=T - 900, export=1500.0)
+    high = ctl(2, T - 50, 3000, creation=T - 100, export=500.0)
+    site.poll([low, high], T, defaults=())
+    others = [f"mqtt-{i}" for i in range(6 - len(site.held))]  # the same LDC over MQTT fills the cap
+    for other in others:
+        body = {"v": 1, "type": "envelope", "id": other, "issuer": "ldc", "issued_at": I._iso(T),
+                "start": I._iso(T), "end": I._iso(T + 9000), "reason": "thermal", "export_limit_kw": 90.0}
+        site.engine.receive(decode_inbound("ldc", "envelope", json.dumps(body).encode()), dt(T))
+    cancelled = [low, replace(high, status=CANCELLED)]
+    with pytest.raises(AssertionError, match="did not settle"):
+        site.poll(cancelled, T + 1, defaults=())
+    assert {r.reason for r in site.refused} == {"TOO_MANY_INSTRUCTIONS"}
+    assert site.limit(T + 1) == 0.5  # the cancelled control's, not 90 kW
+    site.engine.receive(decode_inbound("ldc", "cancel", json.dumps(
+        {"v": 1, "type": "cancel", "id": "mqtt-c", "issuer": "ldc", "issued_at": I._iso(T + 2),
+         "ref": others[0]}).encode()), dt(T + 2))
+    site.refused.clear()
+    site.poll(cancelled, T + 2, defaults=())
+    assert site.refused == [] and site.limit(T + 2) == 1.5
 
 
 def test_all_23_default_envelope_once_the_link_is_lost() -> None:

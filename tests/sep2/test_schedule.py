@@ -132,11 +132,12 @@ def test_all_22_randomisation_never_makes_events_overlap() -> None:
     lfdi = next(f"{n:040x}" for n in range(1000)
                 if S.offset(replace(a, randomize_start=60), f"{n:040x}") > 40
                 and S.offset(replace(b, randomize_start=-60), f"{n:040x}") < -40)
-    a, b = replace(a, randomize_start=60), replace(b, randomize_start=-60)
+    a, b = replace(a, randomize_start=60), replace(b, randomize_start=-60, creation=a.creation + 1)
     p = S.plan([a, b], [], lfdi)
     first, second = p.slices["export"]
     assert first.end == T + S.offset(a, lfdi) + 100
-    assert second.start == first.end  # not earlier, as its own randomisation would have it
+    # not earlier, as its own randomisation would have it (it is newer: it would cut the first short)
+    assert second.start == first.end
 
 
 def _primacy_validation(q: str) -> None:
@@ -218,6 +219,17 @@ def test_response_required_bits_and_reply_to_are_honoured() -> None:
     assert sent == {only_received.mrid: [RECEIVED], only_specific.mrid: [STARTED, COMPLETED]}
 
 
+def test_all_18_superseded_while_active() -> None:
+    running = ctl(1, T - 60, 600, creation=T - 1000)
+    newer = ctl(2, T + 60, 900, creation=T)  # arrives later and has the rest of the first one's window
+    sent = run({T - 60: [running], T: [running, newer]}, T - 60, T + 1000)
+    assert sent[running.mrid] == [RECEIVED, STARTED, RESP_SUPERSEDED]
+    assert sent[newer.mrid] == [RECEIVED, STARTED, COMPLETED]
+    interrupted = ctl(3, T + 200, 100, creation=T + 1)  # only a break: the first one resumes after it
+    sent = run({T - 60: [running], T: [running, interrupted]}, T - 60, T + 1000)
+    assert sent[running.mrid] == [RECEIVED, STARTED, COMPLETED]
+
+
 def test_removal_is_not_cancellation() -> None:
     scheduled = ctl(1, T + 300, 60)
     running = ctl(2, T - 10, 100)
@@ -245,6 +257,7 @@ def test_cannot_be_met_is_answered_once_with_its_reason() -> None:
     assert responses.cannot_be_met(c.mrid, "again") == []
     assert responses.cannot_be_met("0" * 32, "never seen") == []
     assert responses.due([c], S.plan([c], [], LFDI), T + 600) == [S.Due(c.mrid, REPLY, COMPLETED)]
+    assert responses.cannot_be_met(c.mrid, "after its end") == []  # its Responses have ended
 
 
 def test_responses_survive_a_restart() -> None:

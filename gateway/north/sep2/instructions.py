@@ -18,9 +18,9 @@ payload for the audit log, so a 2030.5 limit is an LDC instruction in every resp
   default's limits, which the core applies once the LDC link is lost and the envelopes have ended (TDC-17,
   CSIP-AUS ALL-23).
 
-`changes` mints each message's id from its key, content, issue time and the id it replaces
-(`<key>~<10 hex>`), so an id is never used twice: the core would refuse different content under a seen id
-(TDC-06) and would not apply a repeat again.
+`changes` mints each message's id from its key, content, issue time and the id it replaces or the cancel
+that went before it (`<key>~<10 hex>`), so an id is never used twice: the core would refuse different
+content under a seen id (TDC-06) and would not apply a repeat again.
 """
 
 from __future__ import annotations
@@ -163,25 +163,28 @@ def changes(want: Mapping[str, Inbound], submitted: Mapping[str, Inbound], now: 
     Two rounds, so that the site is never less restricted than both the old and the new set, even when
     the core refuses a message: first every new or changed message (overrides first: they protect);
     only once there is none, the cancels of what is no longer wanted. A changed envelope names the one
-    it changes in `replaces` when the core then drops the old one at once (the new one starts by now, or
-    no later than the old one), so the site follows the new one from the first round with no moment
-    under neither; any other change is added beside the old one. Either way `after` keeps the old one
-    under its own id and the second round cancels it: the core keeps a replaced envelope until its
-    replacement starts, and would put it back in force if the replacement were cancelled before then.
+    it changes in `replaces`, so that the core switches to it as it starts (at once, for one in force
+    now) with no moment under neither; a changed override is added beside the old one. Either way
+    `after` keeps the old one under its own id and the second round cancels it: the core keeps a
+    replaced envelope until its replacement starts, and would put it back in force if the replacement
+    were cancelled before then.
     The client calls `changes` and `after` until `changes` has nothing (twice when something changed).
     """
     adds: list[Inbound] = []
     for key, new in want.items():
         old = submitted.get(key)
+        if old is not None and old.type == "cancel":  # cancelled this second: a fresh id, not the same
+            adds.append(_minted(new, key, None, old.id))
+            continue
         if old is not None and _content(old) == _content(new):
             continue
-        replaces = old.id if old is not None and _replaceable(old, new, now) else None
+        replaces = old.id if old is not None and old.type == new.type == "envelope" else None
         adds.append(_minted(new, key, replaces))
     if adds:
         return sorted(adds, key=lambda m: m.type != "override")
     return [_decode({"v": 1, "type": "cancel", "id": f"cancel:{m.id}", "issuer": "ldc",
                      "issued_at": _iso(now), "ref": m.id})
-            for key, m in submitted.items() if key not in want and _live(m, now)]
+            for key, m in submitted.items() if key not in want and m.type != "cancel" and _live(m, now)]
 
 
 def after(submitted: Mapping[str, Inbound], sent: Iterable[Inbound], now: int,
@@ -190,19 +193,25 @@ def after(submitted: Mapping[str, Inbound], sent: Iterable[Inbound], now: int,
 
     An accepted message takes its key; the message it changed stays, under its own id, until the cancel
     round (a default_envelope excepted: the core drops the older one at once); an accepted or refused
-    cancel (UNKNOWN_REF: it had ended) removes what it names; a refused message changes nothing (its
-    key is tried again). Ended ones are dropped."""
+    cancel (UNKNOWN_REF: it had ended) removes what it names, leaving the cancel under its key until
+    the next second, so that `changes` never mints an id twice (the core would take a repeat of a seen
+    id for the same message and not apply it again); a refused message changes nothing (its key is tried
+    again). Ended ones are dropped."""
     no = set(refused)
     held = {k: m for k, m in submitted.items() if _live(m, now)}
     for m in sent:
         if m.type == "cancel":
-            held = {k: h for k, h in held.items() if h.id != m.ref}  # type: ignore[union-attr]
+            for k in [k for k, h in held.items() if h.id == m.ref]:  # type: ignore[union-attr]
+                if k == key_of(m.ref):
+                    held[k] = m  # a tombstone for this second: see changes
+                else:
+                    del held[k]
             continue
         if m.id in no:
             continue
         key = key_of(m.id)
         old = held.get(key)
-        if old is not None and old.type != "default_envelope":
+        if old is not None and old.type not in ("default_envelope", "cancel"):
             held[old.id] = old  # cancelled in the next round, replaced or not (see changes)
         held[key] = m
     return held
@@ -235,22 +244,16 @@ def _content(m: Inbound) -> dict[str, Any]:
     return {k: v for k, v in json.loads(m.raw).items() if k not in ("id", "issued_at", "replaces")}
 
 
-def _replaceable(old: Inbound, new: Inbound, now: int) -> bool:
-    """Whether `replaces` makes the core drop `old` at once: it does so from the new one's start."""
-    if old.type != "envelope" or new.type != "envelope":
-        return False
-    start = new.start.timestamp()  # type: ignore[union-attr]
-    return start <= now or start <= old.start.timestamp()  # type: ignore[union-attr]
-
-
 def _live(m: Inbound, now: int) -> bool:
+    if m.type == "cancel":  # a tombstone lasts its second
+        return m.issued_at.timestamp() >= now
     end = getattr(m, "end", None)
     return end is None or end.timestamp() > now
 
 
-def _minted(m: Inbound, key: str, replaces: str | None) -> Inbound:
+def _minted(m: Inbound, key: str, replaces: str | None, after_cancel: str | None = None) -> Inbound:
     body = json.loads(m.raw)
-    seed = json.dumps([_content(m), body["issued_at"], replaces], sort_keys=True)
+    seed = json.dumps([_content(m), body["issued_at"], replaces, after_cancel], sort_keys=True)
     body["id"] = f"{key}~{hashlib.sha256(seed.encode()).hexdigest()[:10]}"
     if replaces is not None:
         body["replaces"] = replaces

@@ -243,10 +243,11 @@ class Responses:
     `due` gives, in order: RECEIVED for every control seen for the first time (MESSAGE_RECEIVED bit);
     then, with the SPECIFIC_RESPONSE bit: STARTED once it has begun and is in force for a quantity;
     COMPLETED once its effective end has passed, if it started; CANCELLED when the server cancels it
-    (scheduled or active); SUPERSEDED when it will never be in force; NOT_APPLICABLE when it sets only
-    fields the gateway cannot carry out. One of COMPLETED, CANCELLED, SUPERSEDED ends a control's
-    Responses. A control that disappears from the server's list is not cancelled (envoy drops ended
-    controls): nothing is sent for it but, if it had started, COMPLETED at its end.
+    (scheduled or active); SUPERSEDED when it will never be in force, or, once started, never again
+    before its end; NOT_APPLICABLE when it sets only fields the gateway cannot carry out. One of
+    COMPLETED, CANCELLED, SUPERSEDED ends a control's Responses. A control that disappears from the
+    server's list is not cancelled (envoy drops ended controls): nothing is sent for it but, if it had
+    started, COMPLETED at its end.
     """
 
     def __init__(self) -> None:
@@ -258,6 +259,7 @@ class Responses:
         received: list[Due] = []
         specific: list[Due] = []
         in_force = winning(p, now)
+        ahead = {s.mrid for slices in p.slices.values() for s in slices if s.end > now}  # in force later
         listed = set()
         for c in _unique(controls):
             if not c.reply_to or not c.response_required:
@@ -280,14 +282,16 @@ class Responses:
                                         f"sets only {', '.join(c.unsupported)}, which this site cannot do")
             elif c.mrid in p.superseded and not started:
                 specific += self._queue(c.mrid, RESP_SUPERSEDED)
-            else:
-                if started and c.mrid in p.windows:
-                    e["end"] = p.windows[c.mrid][1]
-                if not started and c.mrid in in_force:
+            elif not started:
+                if c.mrid in in_force:
                     e["end"] = p.windows[c.mrid][1]
                     specific += self._queue(c.mrid, STARTED)
-                elif started and now >= e["end"]:
+            else:
+                e["end"] = p.windows.get(c.mrid, (0, e["end"]))[1]
+                if now >= e["end"]:
                     specific += self._queue(c.mrid, COMPLETED)
+                elif c.mrid not in ahead:  # a newer or higher-priority control has the rest of its window
+                    specific += self._queue(c.mrid, RESP_SUPERSEDED)
         for mrid, e in list(self._entries.items()):
             if mrid in listed:
                 continue
@@ -302,8 +306,7 @@ class Responses:
     def cannot_be_met(self, mrid: str, reason: str) -> list[Due]:
         """NOT_APPLICABLE, once, for a control whose limit the site cannot deliver (the core said so)."""
         e = self._entries.get(mrid)
-        if e is None or not e["required"] & SPECIFIC_RESPONSE or NOT_APPLICABLE in e["sent"] \
-                or any(s in TERMINAL for s in e["sent"]):
+        if e is None or not e["required"] & SPECIFIC_RESPONSE or any(s in TERMINAL for s in e["sent"]):
             return []
         return self._queue(mrid, NOT_APPLICABLE, reason)
 
