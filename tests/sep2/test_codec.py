@@ -317,3 +317,11 @@ def test_emit_omits_none_and_keeps_the_csip_aus_prefix() -> None:
 
 def test_server_fixtures_are_xsd_valid(sep2_xsd: etree.XMLSchema) -> None:
     _assert_valid(sep2_xsd, (FIXTURES / "envoy_dderc.xml").read_bytes())
+
+
+def test_codec_is_the_only_module_that_imports_envoy_schema() -> None:
+    # envoy-schema's API churn (two lines, renamed classes) stays in one place
+    gateway = Path(codec.__file__).resolve().parents[2]
+    importers = sorted(str(p.relative_to(gateway.parent)) for p in gateway.rglob("*.py")
+                       if re.search(r"^\s*(from|import)\s+envoy_schema", p.read_text(encoding="utf-8"), re.M))
+    assert importers == ["gateway/north/sep2/codec.py"]

@@ -77,6 +77,12 @@ def test_response_required_absent_is_none_asked() -> None:
     assert (c.response_required, c.reply_to) == (0, None)
 
 
+@pytest.mark.parametrize(("wire", "bits"), [("03", 3), ("01", 1), ("00", 0), ("0c", 12)])
+def test_response_required_is_hex_on_the_wire(wire: str, bits: int) -> None:
+    doc = ENVOY_DERC.replace(b'responseRequired="03"', b'responseRequired="%s"' % wire.encode())
+    assert _control(doc).response_required == bits
+
+
 def test_negative_limit_is_refused_never_read_as_no_limit() -> None:
     with pytest.raises(Sep2Error) as err:
         _control(_with_base(_limit("opModExpLimW", -1500)))

@@ -135,10 +135,10 @@ def _namespace(clark: str) -> str:
     return clark[1:].partition("}")[0] if clark.startswith("{") else ""
 
 
-Path = tuple[tuple[str, int], ...]  # (Clark tag, index among same-tag siblings) from the root; "@attr" last
+_Where = tuple[tuple[str, int], ...]  # (Clark tag, index among same-tag siblings) from the root; "@attr" last
 
 
-def _walk(el: etree._Element, path: Path, in_scope: bool, out: dict[Path, bool]) -> None:
+def _walk(el: etree._Element, path: _Where, in_scope: bool, out: dict[_Where, bool]) -> None:
     """Every element and attribute below `el` by path, with whether the guard requires it to bind."""
     for name in el.attrib:
         out[(*path, (f"@{name}", 0))] = in_scope or _namespace(name) == CSIPAUS_NS
@@ -152,16 +152,16 @@ def _walk(el: etree._Element, path: Path, in_scope: bool, out: dict[Path, bool])
         _walk(child, child_path, in_scope or child.tag in _CONTROL_SCOPES, out)
 
 
-def _shown(path: Path) -> str:
+def _shown(path: _Where) -> str:
     """DERControl/DERControlBase/opModExpLimW[2], …/@attr: local names, as a person reads the XML."""
     return "/".join(("@" if tag.startswith("@") else "") + _local(tag) + (f"[{i + 1}]" if i else "")
                     for tag, i in path)
 
 
-def _received(resource: str, root: etree._Element) -> dict[Path, bool]:
+def _received(resource: str, root: etree._Element) -> dict[_Where, bool]:
     """What the input holds, by path; guard (a): nothing in another CSIP-AUS namespace. Checked before
     the model is tried, whose own complaint (a required CSIP-AUS field missing) would hide the cause."""
-    received: dict[Path, bool] = {}
+    received: dict[_Where, bool] = {}
     _walk(root, ((root.tag, 0),), root.tag in _CONTROL_SCOPES, received)
     for path in received:
         ns = _namespace(path[-1][0].lstrip("@"))
@@ -173,9 +173,9 @@ def _received(resource: str, root: etree._Element) -> dict[Path, bool]:
     return received
 
 
-def _bound(resource: str, received: dict[Path, bool], bound: etree._Element) -> None:
+def _bound(resource: str, received: dict[_Where, bool], bound: etree._Element) -> None:
     """Guard (b): every element that must bind comes back when the model is emitted."""
-    emitted: dict[Path, bool] = {}
+    emitted: dict[_Where, bool] = {}
     _walk(bound, ((bound.tag, 0),), False, emitted)
     for path, must_bind in received.items():
         if must_bind and path not in emitted:
