@@ -257,7 +257,10 @@ def test_cannot_be_met_is_answered_once_with_its_reason() -> None:
     assert responses.cannot_be_met(c.mrid, "again") == []
     assert responses.cannot_be_met("0" * 32, "never seen") == []
     assert responses.due([c], S.plan([c], [], LFDI), T + 600) == [S.Due(c.mrid, REPLY, COMPLETED)]
-    assert responses.cannot_be_met(c.mrid, "after its end") == []  # its Responses have ended
+    done = ctl(2, T - 10, 20)
+    responses.due([done], S.plan([done], [], LFDI), T)
+    assert [d.status for d in responses.due([done], S.plan([done], [], LFDI), T + 10)] == [COMPLETED]
+    assert responses.cannot_be_met(done.mrid, "after its end") == []  # its Responses have ended
 
 
 def test_responses_survive_a_restart() -> None:
