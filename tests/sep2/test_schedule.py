@@ -225,6 +225,12 @@ def test_all_18_superseded_while_active() -> None:
     sent = run({T - 60: [running], T: [running, newer]}, T - 60, T + 1000)
     assert sent[running.mrid] == [RECEIVED, STARTED, RESP_SUPERSEDED]
     assert sent[newer.mrid] == [RECEIVED, STARTED, COMPLETED]
+    # it ran to its end; a newer control that claims its whole window after the fact does not undo that
+    responses = S.Responses()
+    responses.due([running], S.plan([running], [], LFDI), T)
+    hindsight = [running, ctl(4, T - 100, 900, creation=T + 600)]
+    dues = responses.due(hindsight, S.plan(hindsight, [], LFDI), T + 600)
+    assert [d.status for d in dues if d.mrid == running.mrid] == [COMPLETED]
     interrupted = ctl(3, T + 200, 100, creation=T + 1)  # only a break: the first one resumes after it
     sent = run({T - 60: [running], T: [running, interrupted]}, T - 60, T + 1000)
     assert sent[running.mrid] == [RECEIVED, STARTED, COMPLETED]
