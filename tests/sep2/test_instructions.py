@@ -195,6 +195,38 @@ def test_a_changed_schedule_replaces_without_a_gap(change: str) -> None:
     assert site.refused == []
 
 
+@pytest.mark.parametrize("later", [0, 7])
+def test_a_limit_withdrawn_and_wanted_again_is_applied(later: int) -> None:
+    """The server cancels a control and creates an equal one (at once, or a few seconds and another
+    change later): the default's envelope after it is cancelled and wanted again with the same content;
+    it goes in under a fresh id (the core would take the same id for a repeat and not apply it)."""
+    site = Site()
+    c = ctl(1, T + 100, 100, export=700.0)
+    site.poll([], T)
+    site.poll([c], T)
+    site.poll([replace(c, status=CANCELLED)], T)
+    elsewhere = [ctl(3, T + 5000, 100, generation=1000.0)] if later else []  # no default of its own
+    if later:  # another change in between, a second later
+        site.poll([replace(c, status=CANCELLED), *elsewhere], T + 1)
+    site.poll([replace(c, status=CANCELLED), *elsewhere, ctl(2, T + 100, 100, export=700.0)],
+              T + later)  # poll checks that the core holds exactly the plan
+    assert site.binding(T + 300).startswith(f"envelope:sep2:dderc:{DEFAULT.mrid}:export:{T + 200}")
+    assert site.limit(T + 300) == 0.0 and site.limit(T + 150) == 0.7
+
+
+def test_a_change_of_everything_fits_the_cores_cap() -> None:
+    """Every message changes at once (a newer control cuts them all): the old set, the new set and the
+    default_envelope are in the core together until the cancel round, within its cap."""
+    params = replace(PARAMS, max_live_instructions=m.RoleLimits(ieso=100, ldc=8))
+    site = Site(params)
+    controls = [ctl(i, T + 10 + 20 * i, 10, creation=T - 1000, export=100.0 * (i + 1)) for i in range(6)]
+    export_only = (DefaultControl("d" * 32, "p1", 1, {"export": 0.0}),)
+    site.poll(controls, T, defaults=export_only)
+    newer = ctl(9, T + 5, 30, creation=T, export=50.0)
+    site.poll([*controls, newer], T, defaults=export_only)  # raises if any is refused
+    assert site.refused == [] and site.limit(T + 12) == 0.05
+
+
 def test_a_changed_envelope_takes_over_in_the_first_round() -> None:
     site = Site()
     site.poll([], T, defaults=(DefaultControl("d" * 32, "p1", 1, {"export": 0.0}),))

@@ -225,6 +225,12 @@ def test_all_18_superseded_while_active() -> None:
     sent = run({T - 60: [running], T: [running, newer]}, T - 60, T + 1000)
     assert sent[running.mrid] == [RECEIVED, STARTED, RESP_SUPERSEDED]
     assert sent[newer.mrid] == [RECEIVED, STARTED, COMPLETED]
+    # it ran to its end; a newer control that claims its whole window after the fact does not undo that
+    responses = S.Responses()
+    responses.due([running], S.plan([running], [], LFDI), T)
+    hindsight = [running, ctl(4, T - 100, 900, creation=T + 600)]
+    dues = responses.due(hindsight, S.plan(hindsight, [], LFDI), T + 600)
+    assert [d.status for d in dues if d.mrid == running.mrid] == [COMPLETED]
     interrupted = ctl(3, T + 200, 100, creation=T + 1)  # only a break: the first one resumes after it
     sent = run({T - 60: [running], T: [running, interrupted]}, T - 60, T + 1000)
     assert sent[running.mrid] == [RECEIVED, STARTED, COMPLETED]
@@ -257,7 +263,10 @@ def test_cannot_be_met_is_answered_once_with_its_reason() -> None:
     assert responses.cannot_be_met(c.mrid, "again") == []
     assert responses.cannot_be_met("0" * 32, "never seen") == []
     assert responses.due([c], S.plan([c], [], LFDI), T + 600) == [S.Due(c.mrid, REPLY, COMPLETED)]
-    assert responses.cannot_be_met(c.mrid, "after its end") == []  # its Responses have ended
+    done = ctl(2, T - 10, 20)
+    responses.due([done], S.plan([done], [], LFDI), T)
+    assert [d.status for d in responses.due([done], S.plan([done], [], LFDI), T + 10)] == [COMPLETED]
+    assert responses.cannot_be_met(done.mrid, "after its end") == []  # its Responses have ended
 
 
 def test_responses_survive_a_restart() -> None:
