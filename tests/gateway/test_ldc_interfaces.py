@@ -53,7 +53,7 @@ def _refusal(msg: object) -> str:
     return msg.detail
 
 
-def test_what_each_interface_may_say_for_the_ldc() -> None:
+def test_tdc_04_what_each_interface_may_say_for_the_ldc() -> None:
     both = ("mqtt", "sep2")
     env = _envelope("env-1")
     assert authority.check(env, "mqtt", both, "sep2") is env  # limits come by any listed interface
@@ -71,7 +71,7 @@ def test_what_each_interface_may_say_for_the_ldc() -> None:
 
 
 @pytest.mark.asyncio
-async def test_an_ldc_instruction_by_an_unlisted_interface_is_unauthorized_and_changes_nothing(
+async def test_tdc_04_an_ldc_instruction_by_an_unlisted_interface_is_unauthorized_and_changes_nothing(
         make_rig: Callable[..., Awaitable[Rig]]) -> None:
     rig = await make_rig(sections={"ldc": {"interfaces": ["scada"]}})
     before = rig.sim.meter_p_kw

@@ -78,7 +78,7 @@ async def test_all_18_a_control_that_ends_is_completed_and_the_site_returns_to_t
     assert not server.errors
 
 
-async def test_all_23_the_default_control_applies_when_the_server_is_unreachable_past_the_schedule(
+async def test_all_23_tdc_17_the_default_control_applies_when_the_server_is_unreachable_past_the_schedule(
         site: Rig, server: Sep2Server) -> None:
     server.set_default(1, export_w=20_000)
     mrid = server.add_control(1, server.now() - 1, 8, export_w=60_000)
@@ -115,7 +115,7 @@ async def test_all_03_rej_a_registration_pin_that_is_not_the_sites_stops_the_cli
     assert not server.requested("GET", "/edev/1/derp/1/derc")
 
 
-async def test_a_limit_arriving_over_2030_5_and_mqtt_is_applied_once_the_most_restrictive_binding(
+async def test_tdc_10_a_limit_arriving_over_2030_5_and_mqtt_is_applied_once_the_most_restrictive_binding(
         site: Rig, server: Sep2Server) -> None:
     mrid = server.add_control(1, server.now() - 1, 120, export_w=50_000)
     await site.telemetry(lambda t: f"sep2:{mrid}" in t["effective"]["binding"], timeout=20)

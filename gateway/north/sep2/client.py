@@ -55,7 +55,6 @@ class Tree:
     """What discovery found: the hrefs the polls start from (followed afresh on every walk)."""
 
     edev: str
-    time: str | None
     der_list: str | None
     mup_list: str | None
 
@@ -84,7 +83,6 @@ class Sep2Client:
         self._wake = asyncio.Event()
         self._alarms: dict[str, str] = {}
         self._backoff = Backoff(initial_s=1.0, max_s=cfg.backoff_max_s)
-        self.server: Server | None = None
 
     # ---- the NorthInterface ------------------------------------------------------------------------
     def services(self) -> dict[str, Callable[[], Coroutine[Any, Any, None]]]:
@@ -100,17 +98,15 @@ class Sep2Client:
         self.readings.add(view)
         for out in view.cycle.outbound:
             # a limit of a control the site cannot deliver: the control is answered "cannot be met"
-            if isinstance(out, Constraint) and out.ref.startswith(instructions.PREFIX) \
-                    and (mrid := instructions.control_of(out.ref)) is not None:
+            if isinstance(out, Constraint) and (mrid := instructions.control_of(out.ref)) is not None:
                 self._queue(self.responses.cannot_be_met(
                     mrid, f"{out.reason}: {out.deliverable_kw:.1f} kW deliverable"))
 
     async def run(self) -> None:
-        async with Server(self.cfg.server, self._ssl, self.cfg.request_timeout_s, self._heard) as server:
-            self.server = server
-            async with asyncio.TaskGroup() as tasks:
-                tasks.create_task(self._follow())
-                tasks.create_task(self._exchange(server))
+        server = Server(self.cfg.server, self._ssl, self.cfg.request_timeout_s, self._heard)
+        async with server, asyncio.TaskGroup() as tasks:
+            tasks.create_task(self._follow())
+            tasks.create_task(self._exchange(server))
 
     def _heard(self) -> None:
         self.port.heard("ldc")
@@ -238,8 +234,8 @@ class Sep2Client:
                                   f"{self.cfg.pin}): this is not the server the utility registered the site "
                                   "with; the client has stopped (fix the PIN or the server, then restart)")
         mup_list = dcap.MirrorUsagePointListLink.href if dcap.MirrorUsagePointListLink else None
-        self._tree = Tree(edev=edev_href, time=time_href,
-                          der_list=edev.DERListLink.href if edev.DERListLink else None, mup_list=mup_list)
+        self._tree = Tree(edev=edev_href, der_list=edev.DERListLink.href if edev.DERListLink else None,
+                          mup_list=mup_list)
         if mup_list and not self.reporter.mups:
             await self.reporter.register_mups(server, mup_list)
             self._schedule_readings()

@@ -69,7 +69,6 @@ class Server:
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._on_exchange = on_exchange  # every answer from the server: the LDC link is alive
         self._session: aiohttp.ClientSession | None = None
-        self.requests = 0
 
     async def __aenter__(self) -> Server:
         self._session = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self._ssl, limit=1),
@@ -86,7 +85,6 @@ class Server:
         headers = {"Accept": CONTENT_TYPE}
         if body is not None:
             headers["Content-Type"] = CONTENT_TYPE
-        self.requests += 1
         try:
             async with self._session.request(method, urljoin(self.base, href), data=body, params=params,
                                              headers=headers) as resp:
