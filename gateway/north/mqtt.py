@@ -17,7 +17,7 @@ import random
 import socket
 import ssl
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -26,6 +26,7 @@ from urllib.parse import urlparse
 
 import aiomqtt
 import paho.mqtt.client as paho
+from paho.mqtt.matcher import MQTTMatcher
 
 from gateway.config import MqttSection, TlsFileError
 from gateway.north.outgoing import Outgoing, OutgoingQueue
@@ -116,6 +117,33 @@ def _check_readable(name: str, path: Path | None) -> None:
         raise TlsFileError(f"[mqtt] {name} {_shown(path)}: cannot be read ({err.strerror})") from None
 
 
+class _Matcher(MQTTMatcher):
+    """paho's topic-filter matcher, without the reference cycle of its `iter_match`: a nested generator
+    that refers to itself, made for every message received, so each message left its frames for the
+    cycle collector. `der-gateway run` collects once a minute (cli.py); until then the fuzz soak held
+    2.2 MiB more per 1,000 messages. The same filters match; the tree is walked with an explicit stack."""
+
+    def iter_match(self, topic: str) -> Iterator[Any]:
+        parts = topic.split("/")
+        wild = not topic.startswith("$")  # a wildcard at the top level never matches a $ topic
+        found: list[Any] = []
+        stack: list[tuple[MQTTMatcher.Node, int]] = [(self._root, 0)]
+        while stack:
+            node, i = stack.pop()
+            children = node._children
+            if "#" in children and (wild or i > 0) and children["#"]._content is not None:
+                found.append(children["#"]._content)
+            if i == len(parts):
+                if node._content is not None:
+                    found.append(node._content)
+                continue
+            if "+" in children and (wild or i > 0):
+                stack.append((children["+"], i + 1))
+            if parts[i] in children:
+                stack.append((children[parts[i]], i + 1))
+        return iter(found)
+
+
 class _Client(aiomqtt.Client):
     """aiomqtt's client, with paho's socket writer registered in the turn paho asks for it, the broker's
     acknowledgements told to the link, and inbound messages acknowledged by the link (paho's manual ack).
@@ -134,6 +162,7 @@ class _Client(aiomqtt.Client):
         # paho would acknowledge (PUBACK) a QoS 1 message as soon as it has read it: the link does, once
         # the app has it on disk (`ack`)
         self._client.manual_ack_set(True)
+        self._client._on_message_filtered = _Matcher()
 
     def _on_socket_register_write(self, client: paho.Client, userdata: Any, sock: Any) -> None:
         if threading.get_ident() != self._loop_thread:
