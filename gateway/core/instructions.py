@@ -8,6 +8,7 @@ they refer to: a repeat older than that is judged afresh, which for an instructi
 
 from __future__ import annotations
 
+import heapq
 from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field, replace
@@ -84,6 +85,11 @@ class Store:
         # receipt order, kept as records come and go (a restored store is sorted once)
         self._live: dict[int, Record] = {r.seq: r for r in sorted(
             (r for by_id in self.records.values() for r in by_id.values()), key=lambda r: r.seq)}
+        # when each seen id may be forgotten, earliest first, so that a cycle's prune looks only at those
+        # due (an entry kept longer since is looked at then, and pushed again under its new time)
+        self._expiry = [(e.keep_until, role, msg_id) for role, by_id in self.seen.items()
+                        for msg_id, e in by_id.items() if e.keep_until is not None]
+        heapq.heapify(self._expiry)
         self.version = 0
         self._derived: dict[Hashable, Any] = {}
         self._derived_version = 0
@@ -112,6 +118,8 @@ class Store:
 
     def remember(self, role: str, msg_id: str, entry: Seen) -> None:
         self.seen[role][msg_id] = entry
+        if entry.keep_until is not None:
+            heapq.heappush(self._expiry, (entry.keep_until, role, msg_id))
 
     def drop(self, rec: Record, now: datetime) -> None:
         """The instruction has ended: forget the record, keep its id for a while."""
@@ -120,13 +128,16 @@ class Store:
         self.version += 1
         entry = self.seen[rec.msg.issuer].get(rec.msg.id)
         if entry is not None:  # replaced, not changed: frozen, so that its JSON is made once (serde.py)
-            self.seen[rec.msg.issuer][rec.msg.id] = replace(
-                entry, keep_until=max(entry.keep_until or now, now + SEEN_RETENTION))
+            self.remember(rec.msg.issuer, rec.msg.id, replace(
+                entry, keep_until=max(entry.keep_until or now, now + SEEN_RETENTION)))
 
     def prune(self, now: datetime) -> None:
-        for by_id in self.seen.values():
-            for msg_id in [i for i, e in by_id.items() if e.keep_until is not None and e.keep_until < now]:
-                del by_id[msg_id]
+        """Forget the seen ids whose time has passed: O(log n) for each one due, nothing for the rest."""
+        while self._expiry and self._expiry[0][0] < now:
+            _, role, msg_id = heapq.heappop(self._expiry)
+            entry = self.seen[role].get(msg_id)
+            if entry is not None and entry.keep_until is not None and entry.keep_until < now:
+                del self.seen[role][msg_id]
 
     def derived(self, key: Hashable, make: Callable[[], T]) -> T:
         """`make()`, computed once per version of the records."""

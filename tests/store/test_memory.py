@@ -14,6 +14,7 @@ import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -89,6 +90,23 @@ def calls(work: Callable[[], object]) -> int:
     return count
 
 
+def lines(work: Callable[[], object]) -> int:
+    """How many lines of Python `work` runs."""
+    count = 0
+
+    def trace(_frame: object, event: str, _arg: object) -> Callable[..., object]:
+        nonlocal count
+        count += event == "line"
+        return trace
+
+    sys.settrace(trace)
+    try:
+        work()
+    finally:
+        sys.settrace(None)
+    return count
+
+
 def cycle_calls(tmp_path: Path, seen: int) -> int:
     """The calls of a journalled cycle (the engine's snapshot and its changed parts written), in which
     nothing but the time changed, on an engine that has seen `seen` ids."""
@@ -107,6 +125,35 @@ def cycle_calls(tmp_path: Path, seen: int) -> int:
 def test_tdc_06_a_cycle_costs_the_store_no_more_with_thousands_of_seen_ids(tmp_path: Path) -> None:
     few, many = cycle_calls(tmp_path, 10), cycle_calls(tmp_path, 2000)
     assert many <= few + 20, (few, many)
+
+
+def test_tdc_06_a_decision_costs_no_more_with_thousands_of_seen_ids() -> None:
+    # the ids seen are forgotten 24 h after their instruction ends (Store.prune, every cycle): a cycle looks
+    # at those due, not at all of them. Counted in lines run: a loop over the ids inside one call is not
+    # seen by a count of calls
+    def decision_lines(seen: int) -> int:
+        engine = engine_having_seen(seen)
+        counts = [lines(lambda i=i: engine.cycle(NOW + timedelta(seconds=i + 1), None, [])) for i in range(3)]
+        return counts[-1]
+
+    few, many = decision_lines(10), decision_lines(4000)
+    assert many <= few + 20, (few, many)
+
+
+def test_tdc_06_a_seen_id_is_forgotten_at_its_time_and_not_before_even_after_a_restart() -> None:
+    engine = engine_having_seen(3)
+    store = engine.state.store
+    kept = store.seen["ieso"]["d-1"]
+    assert kept.keep_until is not None
+    # it came again: kept an hour longer
+    store.remember("ieso", "d-1", replace(kept, keep_until=kept.keep_until + timedelta(hours=1)))
+    restored = Engine(engine.params, NOW)
+    restored.restore(engine.snapshot())
+    for e in (engine, restored):
+        e.state.store.prune(kept.keep_until + timedelta(seconds=1))
+        assert set(e.state.store.seen["ieso"]) == {"d-1"}
+        e.state.store.prune(kept.keep_until + timedelta(hours=1, seconds=1))
+        assert set(e.state.store.seen["ieso"]) == set()
 
 
 def test_tdc_06_an_instruction_writes_its_own_seen_id_and_record_not_the_others(tmp_path: Path) -> None:
