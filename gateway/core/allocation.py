@@ -110,6 +110,34 @@ def limit_room(total_kw: float, load_kw: float | None, eff: InForce, margin_kw: 
     return max(0.0, min(top, eff.generation.kw) - total_kw)
 
 
+def limit_room_down(total_kw: float, load_kw: float | None, eff: InForce, margin_kw: float) -> float:
+    """How far the device total may fall before the PCC import or the load limit would bind."""
+    bottom = -eff.import_.kw + margin_kw + (load_kw or 0.0)
+    return max(0.0, total_kw - max(bottom, -eff.load.kw))
+
+
+def retold(devices: list[DeviceReading], told_kw: dict[str, float], room_up_kw: float,
+           room_down_kw: float) -> list[DeviceCommand]:
+    """The commands of devices that do not follow (following.py): each is told the command it did not
+    follow again, but no further from its output than the limits leave room for.
+
+    The allocation counts such a device at its output, with the load, and the others take its share. Were
+    it then to follow at last a command far from that output (back from local mode, a write applied late),
+    the PCC would jump by the difference before the next cycle could answer: a PV stuck at 10 kW that had
+    been told 219 kW took the PCC from 145 to 354 kW against a 150 kW limit. So the command is brought
+    towards the output until the jump fits the room left below the export (and generation) limit and above
+    the import (and load) limit; the devices share the room, each taking from what the one before left,
+    so that all of them following at once still fits; and never beyond what the device can do now."""
+    commands = []
+    for d in sorted(devices, key=lambda d: d.id):
+        kw = min(max(told_kw.get(d.id, d.p_kw), d.p_kw - room_down_kw), d.p_kw + room_up_kw)
+        kw = min(max(kw, -_down(d)), max(_up(d), d.rated_kw if d.kind == "pv" else 0.0))  # what it can do
+        room_up_kw -= max(0.0, kw - d.p_kw)
+        room_down_kw -= max(0.0, d.p_kw - kw)
+        commands.append(DeviceCommand(d.id, kw, True))
+    return commands
+
+
 def allocate(total_kw: float, devices: list[DeviceReading], eff: InForce,
              room_kw: float = 0.0) -> list[DeviceCommand]:
     """Setpoints for the controllable `devices` that add up to `total_kw` (already within their bounds);

@@ -18,7 +18,7 @@ mode applies (TDC-18).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from gateway.core.allocation import (
@@ -28,7 +28,9 @@ from gateway.core.allocation import (
     device_total,
     device_window,
     limit_room,
+    limit_room_down,
     low_estimate,
+    retold,
     total_window,
     with_reversion,
     zero_commands,
@@ -357,10 +359,12 @@ class Engine:
         room = limit_room(total, credit, eff, margin)
         if eff.zeroed_by:
             commands = zero_commands(devices, eff.disconnect)
-        else:  # the devices that do not follow are told their last command again, not a new share
+        else:  # the devices that do not follow are told the command they did not follow, not a new share
+            import_load = None if load is None else load + st.trim.import_kw - st.trim.export_kw
             commands = allocate(total, ctrl, eff, room) + [
-                DeviceCommand(d.id, st.commanded_kw.get(d.id, d.p_kw), True, resend=d.id in follow.resend)
-                for d in online if d.id in follow.not_following]
+                replace(c, resend=c.id in follow.resend) for c in retold(
+                    [d for d in online if d.id in follow.not_following], follow.told_kw,
+                    limit_room(total, credit, eff, margin), limit_room_down(total, import_load, eff, margin))]
         commands = with_reversion(commands, eff, online)
 
         st.commanded_kw = {c.id: c.p_kw for c in commands}

@@ -6,8 +6,11 @@ command does not explain: a battery off its setpoint, a PV above its limit, or b
 the power it says it has (below its limit alone is the sun's doing). A device that deviates for longer
 than its expected response time (`DeviceReading.response_s`) without moving towards its command is *not
 following*: the allocation leaves it out, so its output counts with the site load and the devices that
-follow take its share; its command is re-sent every response time; it follows again, and gets its share
-back, once its output is within tolerance of that command.
+follow take its share; its command is re-sent every response time, brought towards its output as far as
+the limits ask (allocation.retold: were it to follow at last, the PCC would jump by the difference); it
+follows again, and gets its share back, once its output is within tolerance of that command and the command
+is not within tolerance of where it was stuck (there, being at the command would prove nothing; the command
+moves off it once the limits leave room).
 
 A device on its way to a new command (its output moved towards it since the last reading: a ramp, an
 enter-service ramp after a reconnect) is *converging*: that part of the metered error goes away by
@@ -40,6 +43,9 @@ class Track:
     since: float | None = None  # monotonic time it began to deviate without moving; None otherwise
     following: bool = True
     resend_at: float | None = None  # when its command is next re-sent, while not following
+    # while not following: the command it did not follow, and the output it kept meanwhile
+    told_kw: float | None = None
+    stuck_kw: float | None = None
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,7 @@ class Change:
 class Following:
     not_following: frozenset[str]
     resend: frozenset[str]  # not-following devices whose command is re-sent this cycle
+    told_kw: dict[str, float]  # by not-following device: the command it did not follow
     drifting: frozenset[str]  # still counted as following, off their command and not converging to it
     # What devices still converging to their commands add to the PCC now: the metered error they explain.
     converging_kw: float
@@ -100,10 +107,13 @@ def track(tracks: dict[str, Track], devices: list[DeviceReading], commanded: dic
         t.p_kw = d.p_kw
         if t.following and abs(moved) > tolerance_kw(d, params):
             moving.add(d.id)
-        if abs(dev) <= tolerance_kw(d, params):
+        tol = tolerance_kw(d, params)
+        if abs(dev) <= tol:
             t.since = None
-            if not t.following:
-                t.following, t.resend_at = True, None
+            # at a command within its tolerance of where it was stuck, being there proves nothing (the
+            # command was brought there, allocation.retold): it follows again once it goes where told
+            if not t.following and (t.stuck_kw is None or abs(command - t.stuck_kw) > tol):
+                t.following, t.resend_at, t.told_kw, t.stuck_kw = True, None, None, None
                 changes.append(Change(d.id, True, d.p_kw, command))
         elif towards or t.since is None:  # on its way, or it just began to deviate: give it its time
             t.since = mono
@@ -112,7 +122,7 @@ def track(tracks: dict[str, Track], devices: list[DeviceReading], commanded: dic
         elif t.following:
             drifting.add(d.id)
             if mono - t.since >= d.response_s:
-                t.following, t.resend_at = False, mono
+                t.following, t.resend_at, t.told_kw, t.stuck_kw = False, mono, command, d.p_kw
                 changes.append(Change(d.id, False, d.p_kw, command))
     resend = set()
     for dev_id, t in tracks.items():
@@ -121,5 +131,6 @@ def track(tracks: dict[str, Track], devices: list[DeviceReading], commanded: dic
             response = next((d.response_s for d in devices if d.id == dev_id), params.comms_timeout_s)
             t.resend_at = mono + response
     not_following = frozenset(i for i, t in tracks.items() if not t.following)
-    return Following(not_following, frozenset(resend), frozenset(drifting - not_following), converging,
+    told = {i: t.told_kw for i, t in tracks.items() if not t.following and t.told_kw is not None}
+    return Following(not_following, frozenset(resend), told, frozenset(drifting - not_following), converging,
                      frozenset(moving), tuple(changes))

@@ -56,6 +56,28 @@ def test_tdc_08_a_device_that_does_not_follow_is_found_and_its_share_moves_to_th
     assert site.engine.status(site.now).alarms == ()
 
 
+def test_tdc_08_a_device_that_follows_again_at_last_never_takes_the_pcc_over_the_limit() -> None:
+    """pv1 stops at 10 kW while told 219 kW and pv2 takes its share under a 150 kW export limit. Told that
+    219 kW again, pv1 following at last would have put the PCC at 354 kW for a cycle; it is told no more
+    than the room below the limit, and it gets its share back once the limit leaves room to see it follow."""
+    site = Site(load_kw=0.0)
+    site.send("envelope", "e1", export_limit_kw=150.0, end=3600)
+    site.settle(10)
+    assert site.devices["pv1"].p_kw > 200.0
+    site.set_device("pv1", p_kw=10.0)
+    site.stuck.add("pv1")
+    for _ in range(40):
+        c = site.cycle()
+    assert c.not_following == {"pv1"}
+    site.stuck.discard("pv1")
+    pcc = [site.pcc_kw for _ in range(10) if site.cycle()]
+    assert max(pcc) <= 150.0 + 1e-6
+    site.send("envelope", "e2", export_limit_kw=300.0, replaces="e1", end=3600)
+    site.settle(10)
+    assert not site.last.not_following and site.devices["pv1"].p_kw > 200.0
+    assert site.engine.status(site.now).alarms == ()
+
+
 def test_tdc_08_readings_a_few_per_cent_high_still_bring_the_meter_under_the_limit() -> None:
     """Both inverters measure 5 % high (within what inverter meters are sold as): the load estimate is
     25 kW too high and, before the loop, the meter sat at 118 kW under a 100 kW limit."""

@@ -224,8 +224,10 @@ def test_limits_hold_an_override_always_wins_and_serving_never_lists_two(config:
 
 
 behaviour = st.sampled_from(["follow", "stuck", "silent", "nan"])
+# (when, which, what, its output, how many cycles later a stuck one follows again, if it does)
 faults = st.lists(st.tuples(st.integers(0, 30), st.sampled_from(["pv1", "pv2", "bess1"]), behaviour,
-                            st.integers(0, 250).map(float)), max_size=4)
+                            st.integers(0, 250).map(float), st.one_of(st.none(), st.integers(1, 20))),
+                  max_size=4)
 
 
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -235,16 +237,27 @@ faults = st.lists(st.tuples(st.integers(0, 30), st.sampled_from(["pv1", "pv2", "
 def test_tdc_08_the_metered_export_settles_within_the_limits_whatever_the_devices_do(
         export: float, import_: float, target: float | None, load: float, faults: list, meter_glitches: list,
         margin: float) -> None:
-    """Devices that follow, stick at an output of their own, stop answering while producing, or read NaN;
-    meter readings that are NaN now and then. Once the site has settled, the metered PCC is within the
-    export and import limits whenever the devices that follow can bring it there."""
+    """Devices that follow, stick at an output of their own (and may follow again later), stop answering
+    while producing, or read NaN; meter readings that are NaN now and then. Once the site has settled, the
+    metered PCC is within the export and import limits whenever the devices that follow can bring it
+    there; and a stuck device found not following that follows again never takes it further over the
+    export limit than it was the cycle before."""
     site = Site(replace(PARAMS, limit_margin_kw=margin), load_kw=load)
     site.send("envelope", "e1", export_limit_kw=export, import_limit_kw=import_, end=3600)
     if target is not None:
         site.send("dispatch", "d1", target_kw=target, end=3600)
     broken: dict[str, str] = {}
     for t in range(31):
-        for at, dev_id, what, output in faults:
+        for at, dev_id, what, _, recover in faults:
+            if what == "stuck" and broken.get(dev_id) == what and recover is not None and t == at + recover:
+                del broken[dev_id]
+                site.stuck.discard(dev_id)
+                found = site.last is not None and dev_id in site.last.not_following
+                before = site.pcc_kw
+                site.cycle()
+                if found:  # once found not following, it is told no more than the limit leaves room for
+                    assert site.pcc_kw <= max(before, export) + 1e-6, (before, site.pcc_kw)
+        for at, dev_id, what, output, _ in faults:
             if at != t or dev_id in broken or what == "follow":
                 continue
             broken[dev_id] = what
