@@ -201,7 +201,11 @@ class Sep2Client:
             await asyncio.shield(self._saving)
 
     async def _write(self, state: dict[str, Any]) -> None:
-        stored = await self.port.save_state(STATE_KEY, state)
+        try:
+            stored = await self.port.save_state(STATE_KEY, state)
+        except Exception:  # a bug in the store's code: logged, and tried again like a store that fails
+            log.exception("2030.5: writing the Responses to the store failed")
+            stored = False
         if not stored:
             self._unsaved = True  # tried again by the next save
         if stored == self._save_failed:  # a change: said once, not at every try
