@@ -53,6 +53,7 @@ T = TypeVar("T")
 # task step of tens of µs, and an instruction's receipt waits behind a whole turn.
 LOOP_CHUNK = 100
 SLOW_JOURNAL_S = 1.0  # an instruction waiting this long for the store is logged
+NORTH_STATE = "north."  # the store's keys of the north interfaces' own state (Port.save_state)
 METER_HISTORY = 32  # meter readings kept: more than the age of any device reading still in use
 
 
@@ -455,6 +456,12 @@ class Gateway:
 
     async def telemetry_sent(self, seq: int) -> bool:
         return await self.journal.telemetry_sent(seq)
+
+    def load_state(self, key: str) -> Any | None:
+        return self.store.state.load(NORTH_STATE + key)
+
+    async def save_state(self, key: str, value: Any) -> bool:
+        return await self.journal.state(NORTH_STATE + key, value)
 
     def alarms(self, info: StatusInfo) -> tuple[str, ...]:
         """What an operator must see: the core's (devices not following, a limit not met, the clock),

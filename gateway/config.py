@@ -6,11 +6,12 @@ names the file, the field and what is expected, so that a user can fix the file 
 
 from __future__ import annotations
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from gateway.core.model import MAX_HORIZON_S, MAX_LIVE_INSTRUCTIONS, Limits, RoleLimits, SiteParams
 
@@ -257,6 +258,10 @@ class Sep2Section(_Strict):
     nominal_v: Annotated[float, Field(gt=0)] = Field(
         default=240.0, description="the PCC's nominal voltage: the meter's per-unit voltage times this is "
         "the V reading posted")
+    connection_point_id: str | None = Field(
+        default=None, description="the site's connection point as the utility knows it (CSIP-AUS "
+        "ConnectionPoint: the NMI in Australia, the LDC's connection or meter point id in Ontario), put to "
+        "the EndDevice's ConnectionPointLink whenever the server's differs (unset: not sent)")
 
     @model_validator(mode="after")
     def _check_files(self) -> Sep2Section:
@@ -265,6 +270,17 @@ class Sep2Section(_Strict):
             raise ValueError(f"[sep2] is enabled but {', '.join(missing)} is not set: mutual TLS needs the "
                              "server's CA, the site's certificate and its key (PEM files)")
         return self
+
+    @field_validator("connection_point_id")
+    @classmethod
+    def _check_connection_point(cls, value: str | None) -> str | None:
+        # CSIP-AUS 1.2's connectionPointId is a String32; an id with spaces or control characters is a
+        # typo, not one a utility hands out
+        if value is not None and not re.fullmatch(r"[!-~]{1,32}", value):
+            raise ValueError(f"{value!r} is not a connection point id: 1 to 32 printable ASCII characters "
+                             "without spaces (CSIP-AUS connectionPointId, e.g. the NMI 4102345678 or the "
+                             "LDC's meter point id); leave it unset if the utility gave none")
+        return value
 
 
 LdcInterface = Literal["mqtt", "scada", "sep2"]

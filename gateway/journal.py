@@ -16,6 +16,8 @@ in the order given, off the event loop; each method returns a `Written` to await
 - Device writes: at the start of the next cycle, a record per write request with the points it wrote
   (the heartbeats that went through as one record), a few hundred a transaction.
 - Telemetry: into the outbox first, out of it once the broker has taken it.
+- A north interface's own state (Port.save_state: the 2030.5 Responses posted and still to post): a
+  key-value entry, replaced whole.
 """
 
 from __future__ import annotations
@@ -286,6 +288,11 @@ class Journal:
     def telemetry_sent(self, up_to_seq: int) -> Written:
         """The broker has the outbox up to `up_to_seq`."""
         return Written(self._submit(lambda store: store.outbox.ack(up_to_seq)))
+
+    # ---- the north interfaces' own state -------------------------------------------------------------------
+    def state(self, key: str, value: Any) -> Written:
+        """`value` under `key` in the store's key-value state, replacing what was there."""
+        return Written(self._submit(lambda store: store.state.save(key, value)))
 
     def event(self, what: str, at: datetime, **detail: Any) -> Written:
         record = {"event": what, **detail}

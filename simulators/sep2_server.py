@@ -242,7 +242,7 @@ class Sep2Server:
         self._mups: dict[int, _Mup] = {}
         self._next_mup = FIRST_MUP_ID
         self._faults: list[_Fault] = []
-        self._connection_point: dict[str, Posted] = {}  # by LFDI
+        self._connection_point: dict[str, str] = {}  # connectionPointId by LFDI
         self._der_current: dict[tuple[str, str], Posted] = {}  # (LFDI, dercap|derg|ders|dera) → the last PUT
         # records
         self.requests: list[Request] = []
@@ -304,6 +304,14 @@ class Sep2Server:
             now = self.now()
             self._devices[key] = _Device(len(self._devices) + 1, key, sfdi(key), now, now)
         return self._devices[key].id
+
+    def set_connection_point(self, device_lfdi: str, connection_point_id: str) -> None:
+        """The EndDevice's connection point (NMI) set out of band, as envoy's admin `POST /site/{id}` does."""
+        self._connection_point[device_lfdi.upper()] = connection_point_id
+
+    def connection_point(self, device_lfdi: str) -> str | None:
+        """The EndDevice's connection point id as the server holds it; None: never set."""
+        return self._connection_point.get(device_lfdi.upper())
 
     def add_program(self, primacy: int, fsa: int = 1) -> int:
         """A DERProgram of that primacy (lower wins) in FunctionSetAssignments `fsa`; its id."""
@@ -627,8 +635,8 @@ class Sep2Server:
         device = self._device(request)
         if device is None:
             return web.Response(status=404)
-        posted = self._connection_point.get(device.lfdi)
-        cp_id = (posted.body.id or posted.body.id_v11 or "") if posted else ""
+        # none yet: an empty connectionPointId, as envoy serves a site without an NMI
+        cp_id = self._connection_point.get(device.lfdi, "")
         return self._xml(ConnectionPointResponse(href=f"/edev/{device.id}/cp", id=cp_id))
 
     async def _cp_put(self, request: web.Request) -> web.Response:
@@ -638,10 +646,11 @@ class Sep2Server:
         body = await self._body(request, {(CSIPAUS, "ConnectionPoint"): ConnectionPointRequest})
         if isinstance(body, web.Response):
             return body
+        assert isinstance(body, ConnectionPointRequest)
         posted = await self._posted(request, body)
-        self._connection_point[device.lfdi] = posted
+        self._connection_point[device.lfdi] = body.id or ""
         self.connection_points.append(posted)
-        return self._created(request.path) if request.method == "POST" else web.Response(status=204)
+        return self._created(request.path)  # envoy answers a PUT and a POST 201 with its Location
 
     def _fsa_ids(self) -> list[int]:
         return sorted({p.fsa for p in self._programs.values()})

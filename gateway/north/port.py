@@ -75,6 +75,16 @@ class Port(Protocol):
         """The site as of the last cycle (None before the first)."""
         ...
 
+    # an interface's own state across a restart (the 2030.5 Responses posted and still to post), by key
+    def load_state(self, key: str) -> Any | None:
+        """What `save_state` last wrote under `key`, in this run or an earlier one; None: nothing."""
+        ...
+
+    async def save_state(self, key: str, value: Any) -> bool:
+        """`value` (JSON-able; the caller does not change it afterwards) on disk under `key`: True once it
+        is there, False when the store could not take it (the store's own alarm says why)."""
+        ...
+
     # the store's telemetry outbox (TDC-21): written before it is published, marked sent once acknowledged
     @property
     def outbox(self) -> Outbox:

@@ -140,6 +140,18 @@ def test_unmodelled_2030_5_element_outside_controls_is_tolerated() -> None:
     assert (dcap.pollRate, dcap.TimeLink.href, dcap.EndDeviceListLink.href) == (300, "/tm", "/edev")
 
 
+def test_all_03_envoys_connection_point_without_an_nmi_reads_as_none() -> None:
+    # envoy serves a site with no NMI as an empty connectionPointId: nothing in it for the guard to lose
+    doc = (b'<csipaus:ConnectionPoint xmlns="urn:ieee:std:2030.5:ns" xmlns:csipaus="https://csipaus.org/ns" '
+           b'href="/edev/1/cp"><csipaus:connectionPointId></csipaus:connectionPointId></csipaus:ConnectionPoint>')
+    assert parse(codec.ConnectionPoint, doc).id is None
+    nmi = doc.replace(b"></csipaus:connectionPointId>", b">4102345678</csipaus:connectionPointId>")
+    assert parse(codec.ConnectionPoint, nmi).id == "4102345678"
+    with pytest.raises(Sep2Error, match="ConnectionPoint/nmi"):  # one with content is still refused
+        parse(codec.ConnectionPoint, nmi.replace(b"</csipaus:ConnectionPoint>",
+                                                 b"<csipaus:nmi>1</csipaus:nmi></csipaus:ConnectionPoint>"))
+
+
 def test_default_der_control_unknown_field_is_refused() -> None:
     dderc = (FIXTURES / "envoy_dderc.xml").read_bytes()
     doc = dderc.replace(b"<setGradW>", b"<setWGra>1</setWGra><setGradW>")

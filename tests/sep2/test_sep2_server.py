@@ -211,7 +211,7 @@ async def test_all_02_the_walk_of_a_device_client(server: Sep2Server, client: Cl
     assert (await client.get(edev.RegistrationLink.href, end_device.RegistrationResponse)).pIN == 111115
 
     assert not (await client.get("/edev/1/cp", ConnectionPointResponse)).id  # none yet: served empty
-    assert (await client.call("PUT", "/edev/1/cp", ConnectionPointRequest(id="NMI-0001"))).status == 204
+    assert (await client.call("PUT", "/edev/1/cp", ConnectionPointRequest(id="NMI-0001"))).status == 201
     assert (await client.get("/edev/1/cp", ConnectionPointResponse)).id == "NMI-0001"
 
     fsas = await client.get(edev.FunctionSetAssignmentsListLink.href, FunctionSetAssignmentsListResponse)

@@ -1,7 +1,8 @@
 """The IEEE 2030.5 client: the LDC's utility server as a north interface (north/port.py).
 
 Two tasks. `_exchange` talks to the server, one request at a time: discovery (DeviceCapability → Time →
-EndDeviceList → its EndDevice, POSTed if absent → Registration, its PIN checked → DERList → the
+EndDeviceList → its EndDevice, POSTed if absent → Registration, its PIN checked → the CSIP-AUS
+ConnectionPoint, PUT when the server's is not `[sep2] connection_point_id` → DERList → the
 MirrorUsagePoints), then, each at its own rate, the programs (EndDevice → FunctionSetAssignmentsList →
 DERProgramList → each program's DefaultDERControl and paged DERControlList, the hrefs followed afresh each
 time), the Responses due, DERStatus, and the readings at UTC-aligned postRate ticks. It backs off on a
@@ -10,6 +11,11 @@ controls received so far are planned (schedule.py) and the core is given exactly
 overrides that plan says (instructions.py), through the one path of every instruction (Port.submit). So
 the received schedule keeps being followed through a server outage, and a limit that arrives both by
 2030.5 and by another interface is applied once, the most restrictive winning (the core's rule).
+
+The Responses queued (which statuses each control has had) and those not yet posted are kept in the
+gateway's store (Port.save_state) before any is posted, and after each is: a restarted gateway, stopped
+or killed, posts none again that the server has, and loses none it had queued (one posted in the
+moment between its POST and the store's write would be posted twice rather than lost).
 
 Times: the server's clock (its /tm) may differ from the box's; event times are taken on the server's
 clock (shifted by the measured offset) and a skew beyond `[sep2] max_clock_skew_s` is an alarm.
@@ -23,7 +29,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from gateway.config import site_params
@@ -44,6 +50,7 @@ FOLLOW_S = 1.0  # how often the received schedule is planned and handed to the c
 DEFAULT_POLL_S = 900  # 2030.5's default pollRate
 HORIZON_S = 86400  # how far ahead a default control is handed to the core (refreshed every hour)
 FORGET_S = 3600  # a control this long past its end is forgotten
+STATE_KEY = "sep2"  # the client's entry in the gateway's store (Port.save_state)
 
 
 class PinMismatch(Exception):
@@ -71,6 +78,11 @@ class Sep2Client:
         self.controls: dict[str, Control] = {}  # by mRID, as received (kept when it leaves the list)
         self.defaults: dict[str, DefaultControl] = {}  # by program mRID
         self.responses = schedule.Responses()
+        self._outbox: deque[schedule.Due] = deque()  # the Responses to post, in order
+        self._restore(port.load_state(STATE_KEY))
+        self._unsaved = False  # the Responses changed since they were last handed to the store
+        self._saving: asyncio.Future[None] | None = None  # the last write of them
+        self._save_failed = False
         self.offset_s = 0  # the server's clock − the box's (from /tm), whole seconds
         self.received = asyncio.Event()  # the programs were read once: the plan may be handed to the core
         self._replan = asyncio.Event()  # the programs were read again: plan now, not on the next tick
@@ -79,7 +91,6 @@ class Sep2Client:
         self._tree: Tree | None = None
         self._due: dict[str, float] = {}  # loop time each poll is due: walk, programs, status
         self._readings_at: float | None = None  # wall time of the next UTC-aligned reading
-        self._outbox: deque[schedule.Due] = deque()
         self._wake = asyncio.Event()
         self._alarms: dict[str, str] = {}
         self._backoff = Backoff(initial_s=1.0, max_s=cfg.backoff_max_s)
@@ -146,6 +157,7 @@ class Sep2Client:
                 refused = [msg.id for msg in msgs if not await self._submitted(msg)]
                 submitted = instructions.after(submitted, msgs, now, refused)
             self._queue(self.responses.due(controls, plan, now))
+            await self._save()  # whether or not the server is there to take them
             self._forget(now)
             self._replan.clear()
             with contextlib.suppress(TimeoutError):  # a second, or at once when the programs were read
@@ -163,7 +175,46 @@ class Sep2Client:
     def _queue(self, due: list[schedule.Due]) -> None:
         if due:
             self._outbox.extend(due)
+            self._unsaved = True
             self._wake.set()
+
+    # ---- the Responses across a restart ------------------------------------------------------------------
+    def _restore(self, saved: Any) -> None:
+        if saved is None:
+            return
+        try:
+            self.responses.restore(saved["responses"])
+            self._outbox.extend(schedule.Due(**due) for due in saved["outbox"])
+        except (KeyError, TypeError, ValueError) as err:
+            log.warning("2030.5: the Responses kept in the store are not usable (%s: %s); starting afresh: "
+                        "the controls listed are answered 'received' again", type(err).__name__, err)
+            self.responses, self._outbox = schedule.Responses(), deque()
+
+    async def _save(self) -> None:
+        """Until the Responses as they stand are in the store (written only if they changed since the
+        last save; the store writes in order, so awaiting the last write awaits every one before)."""
+        if self._unsaved:
+            self._unsaved = False  # a change while the store writes is saved by the next call
+            state = {"responses": self.responses.snapshot(), "outbox": [asdict(due) for due in self._outbox]}
+            self._saving = asyncio.ensure_future(self._write(state))
+        if self._saving is not None:
+            await asyncio.shield(self._saving)
+
+    async def _write(self, state: dict[str, Any]) -> None:
+        try:
+            stored = await self.port.save_state(STATE_KEY, state)
+        except Exception:  # a bug in the store's code: logged, and tried again like a store that fails
+            log.exception("2030.5: writing the Responses to the store failed")
+            stored = False
+        if not stored:
+            self._unsaved = True  # tried again by the next save
+        if stored == self._save_failed:  # a change: said once, not at every try
+            self._save_failed = not stored
+            if stored:
+                log.info("2030.5: the store takes the Responses again")
+            else:
+                log.warning("2030.5: the store did not take the Responses; a restart now would post again "
+                            "those posted since the last save, or lose those queued since")
 
     def _forget(self, now: int) -> None:
         for mrid in [m for m, c in self.controls.items() if c.end - self.offset_s + FORGET_S < now]:
@@ -233,6 +284,8 @@ class Sep2Client:
                 raise PinMismatch(f"the server's Registration PIN {reg.pIN} is not the site's ([sep2] pin = "
                                   f"{self.cfg.pin}): this is not the server the utility registered the site "
                                   "with; the client has stopped (fix the PIN or the server, then restart)")
+        if self.cfg.connection_point_id is not None:
+            await self._connection_point(server, edev)
         mup_list = dcap.MirrorUsagePointListLink.href if dcap.MirrorUsagePointListLink else None
         self._tree = Tree(edev=edev_href, der_list=edev.DERListLink.href if edev.DERListLink else None,
                           mup_list=mup_list)
@@ -265,6 +318,32 @@ class Sep2Client:
             raise codec.Sep2Error(f"POST {list_href}: the server created the EndDevice but gave no Location")
         log.info("2030.5: registered as %s (LFDI %s, SFDI %d)", location, self.lfdi, self.sfdi)
         return location
+
+    async def _connection_point(self, server: Server, edev: codec.EndDeviceResponse) -> None:
+        """CSIP-AUS: the site's connection point (NMI) on its EndDevice, PUT when the server's differs
+        (read on every walk: a server that lost or changed it gets it again). A server that refuses it is
+        an alarm; the controls are read all the same."""
+        want = self.cfg.connection_point_id
+        if edev.ConnectionPointLink is None:
+            self._alarm("connection_point", f"2030.5 server's EndDevice has no ConnectionPointLink: "
+                                            f"[sep2] connection_point_id = {want} is not sent")
+            return
+        href = edev.ConnectionPointLink.href
+        try:
+            try:
+                have = (await server.get(codec.ConnectionPoint, href)).id
+            except Refused as err:
+                if err.status != 404:
+                    raise
+                have = None  # none yet
+            if have != want:
+                await server.put(href, codec.ConnectionPoint(id=want))
+                log.info("2030.5: connection point %s put to %s (the server had %r)", want, href, have)
+        except Refused as err:
+            self._alarm("connection_point", f"2030.5 server refused the ConnectionPoint {want} ([sep2] "
+                                            f"connection_point_id): {err}; check the id with the utility")
+            return
+        self._alarm("connection_point", None)
 
     async def _poll_programs(self, server: Server, now: float) -> None:
         assert self._tree is not None
@@ -311,13 +390,17 @@ class Sep2Client:
                 controls[c.mrid] = c
 
     async def _send_responses(self, server: Server) -> None:
-        """The Responses due, in order; one that fails stays first, to go again."""
+        """The Responses due, in order, each in the store before it is posted and struck off after; one
+        that fails stays first, to go again."""
+        await self._save()
         while self._outbox:
             due = self._outbox[0]
             await server.post(due.reply_to, codec.ControlResponse(
                 createdDateTime=int(time.time()) + self.offset_s, endDeviceLFDI=self.lfdi, status=due.status,
                 subject=due.mrid))
             self._outbox.popleft()
+            self._unsaved = True
+            await self._save()
 
     async def _report_der(self, server: Server, now: float) -> None:
         assert self._tree is not None

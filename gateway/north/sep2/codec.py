@@ -148,7 +148,10 @@ def _walk(el: etree._Element, path: _Where, in_scope: bool, out: dict[_Where, bo
             continue
         i = seen[child.tag] = seen.get(child.tag, -1) + 1
         child_path = (*path, (child.tag, i))
-        out[child_path] = in_scope or _namespace(child.tag) == CSIPAUS_NS
+        # an empty element carries nothing to drop (envoy serves a ConnectionPoint with no id as an empty
+        # connectionPointId, which the model reads as None)
+        empty = not (child.text or "").strip() and not len(child) and not child.attrib
+        out[child_path] = (in_scope or _namespace(child.tag) == CSIPAUS_NS) and not empty
         _walk(child, child_path, in_scope or child.tag in _CONTROL_SCOPES, out)
 
 
