@@ -111,7 +111,7 @@ class LimitProfile:
         self.params = params
         self.ldc_lost = ldc_lost
         self.default = self.timeline.default or params.default_envelope
-        self._store = store
+        self._records = store.records  # not the store: it keeps this profile (Store.derived)
         self._before: dict[int, tuple[float, ...]] = {}  # per ramping envelope: see ramp_from
 
     def at(self, t: datetime, ramp: bool = True) -> InForce:
@@ -142,7 +142,7 @@ class LimitProfile:
         if rec.ramp_from is not None:
             return rec.ramp_from
         env = rec.msg
-        taken_over = replaced_together(self._store, rec)
+        taken_over = replaced_together(self._records, rec)
         if taken_over is not None:
             return taken_over
         prev = self.at(env.start - BEFORE, ramp=False)
@@ -164,13 +164,13 @@ class LimitProfile:
         return tuple(ramp(own, previous) for own, previous in zip(_own(rec), prev, strict=True))
 
 
-def replaced_together(store: Store, rec: Record) -> tuple[float | None, ...] | None:
+def replaced_together(records: dict[str, dict[str, Record]], rec: Record) -> tuple[float | None, ...] | None:
     """What an envelope ramps from when it replaces one that started at the same instant: where that one
     ramps from, or its own limits when it did not ramp (it takes that one's place: it never ramps again
     from what preceded them both, which may have ended since and would be gone from the store). None
     when it replaces no such envelope."""
     env = rec.msg
-    old = store.records[env.issuer].get(env.replaces) if env.replaces else None
+    old = records[env.issuer].get(env.replaces) if env.replaces else None
     if old is None or not old.started or getattr(old.msg, "start", None) != env.start:
         return None
     return old.ramp_from if old.ramp_from is not None else _own(old)

@@ -92,7 +92,7 @@ def _sources(store: Store, params: SiteParams, t: datetime, ldc_lost: bool,
 
 def _ramped(store: Store, params: SiteParams, rec: Record, t: datetime, ldc_lost: bool) -> Limits:
     env = rec.msg
-    taken_over = replaced_together(store, rec)
+    taken_over = replaced_together(store.records, rec)
     if rec.ramp_from is not None:
         pinned = rec.ramp_from
     elif taken_over is not None:
