@@ -433,3 +433,33 @@ def test_core_export_limit_is_the_plans_value(controls: list[Control], polls: li
             assert site.limit(t) == expected(p, "export", t)[0], t - T
         assert site.binding(now).startswith(expected(p, "export", now)[1])
     assert site.refused == []
+
+
+RATE = 1000.0  # W/s: the longest ramp here (0 → the 100 kW cap) takes 100 s
+LONGEST_RAMP_S = 100
+
+
+@settings(max_examples=60, deadline=None)
+@given(_controls, _polls, st.booleans())
+def test_with_set_grad_w_the_core_export_limit_stays_within_what_the_plan_recently_had(
+        controls: list[Control], polls: list[tuple[int, str, int]], with_default: bool) -> None:
+    """The limit holds while it ramps: at any instant it lies between the least and the most the plans
+    (each poll's) had over the longest ramp before it, never looser (never the connection agreement's
+    where a plan had less), whatever the controls that come, go and are cancelled."""
+    site, plans = Site(), []
+    now = T - 200
+    defaults = (DEFAULT,) if with_default else ()
+    for step, change, which in polls:
+        now += step
+        if controls and change != "none":
+            i = which % len(controls)
+            if change == "drop":
+                controls = controls[:i] + controls[i + 1:]
+            else:
+                controls[i] = replace(controls[i], status=CANCELLED if change == "cancel" else ACTIVE)
+        plans.append(site.poll(controls, now, defaults=defaults, ramp_w_per_s=RATE))
+        for t in (now, now + 1, now + 45, now + 300, now + 1200):
+            window = [expected(p, "export", s)[0] for p in plans
+                      for s in range(t - LONGEST_RAMP_S, t + 1)]
+            assert min(window) - 1e-9 <= site.limit(t) <= max(window) + 1e-9, t - T
+    assert site.refused == []

@@ -24,7 +24,8 @@ once). Every other change of a 2030.5 limit in the plan moves at the site's ramp
 setMaxW: `ramp_rate`; many inverters do not do WGra themselves, so the gateway ramps the limit): a
 slice's start and a default gap's start (the end of a control, back to the default) get
 `ramp_s = |new − old| / ramp_w_per_s`, where old is the plan's 2030.5 value of that quantity just
-before (the slice or default that ends there). With no 2030.5 value just before (no default, and no
+before (the slice or default that ends there), each taken as at most the connection agreement's cap
+(what the core has in force for a higher one). With no 2030.5 value just before (no default, and no
 control ending there) there is nothing to ramp from, as the core ramps no quantity that had no limit
 before: the limit applies at once. setGradW 0 or absent: no ramp. The core moves the limit from what is
 in force just before the envelope (another interface's tighter limit, if any) over that ramp_s.
@@ -44,7 +45,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -94,12 +97,12 @@ def desired(p: Plan, params: SiteParams, now: int, horizon_s: int, max_messages:
     until = -(-(now + horizon_s) // step) * step
     specs: list[Spec] = []
     for q, slices in p.slices.items():
+        ramp = _Ramp(ramp_w_per_s, _cap_w(params, q))
         specs += [spec for s in slices if s.end > now and s.start <= now + horizon_s
-                  for spec in _slice_spec(s, _before(p, q, s.start), ramp_w_per_s, max_kw)]
+                  for spec in _slice_spec(s, _before(p, q, s.start), ramp, max_kw)]
         if q in p.default:
             value, mrid = p.default[q]
-            specs += _default_specs(q, value, mrid, slices, now, now - now % step, until, max_kw,
-                                    ramp_w_per_s)
+            specs += _default_specs(q, value, mrid, slices, now, now - now % step, until, max_kw, ramp)
     specs.sort(key=lambda spec: spec[1]["start"])
     specs = specs[:limit]
     limits = {f"{q}_limit_kw": _kw(v, max_kw, DEFAULT_KEY, q) for q, (v, _) in p.default.items()
@@ -109,20 +112,20 @@ def desired(p: Plan, params: SiteParams, now: int, horizon_s: int, max_messages:
     return {key: _decoded(key, fields, now) for key, fields in specs}
 
 
-def _slice_spec(s: Slice, before: float | bool | None, rate: float, max_kw: float) -> list[Spec]:
+def _slice_spec(s: Slice, before: float | bool | None, ramp: _Ramp, max_kw: float) -> list[Spec]:
     key = f"{PREFIX}{s.mrid}:{s.quantity}" + ("" if s.part is None else f":{s.part}")
     if s.quantity in OVERRIDES:
         reason = f"2030.5 DERControl {s.mrid}"
         return [] if s.value else [(key, _override(s.quantity, s.start, s.end, reason))]
     fields = _envelope(key, s.quantity, s.value, s.start, s.end, max_kw)
-    ramp_s = s.ramp_s if s.ramp_s is not None else _ramp_s(before, s.value, rate)  # rampTms first
+    ramp_s = s.ramp_s if s.ramp_s is not None else ramp.seconds(before, s.value)  # rampTms first
     if ramp_s:
         fields["ramp_s"] = ramp_s
     return [(key, fields)]
 
 
 def _default_specs(q: Quantity, value: float | bool, mrid: str, slices: list[Slice], now: int, first: int,
-                   until: int, max_kw: float, rate: float) -> list[Spec]:
+                   until: int, max_kw: float, ramp: _Ramp) -> list[Spec]:
     """The default's messages over the gaps between `slices` that have not ended by `now`, up to `until`.
     A gap starts where a slice ends, ramping from that slice's value; one with no slice before it, at
     `first` (the step `now` is in)."""
@@ -145,7 +148,7 @@ def _default_specs(q: Quantity, value: float | bool, mrid: str, slices: list[Sli
             out.append((key, _override(q, start, end, f"2030.5 DefaultDERControl {mrid}")))
             continue
         fields = _envelope(key, q, value, start, end, max_kw)
-        if ramp_s := _ramp_s(before, value, rate):
+        if ramp_s := ramp.seconds(before, value):
             fields["ramp_s"] = ramp_s
         out.append((key, fields))
     return out
@@ -163,11 +166,21 @@ def _before(p: Plan, q: Quantity, start: int) -> float | bool | None:
     return None if setting is None else setting.value
 
 
-def _ramp_s(before: float | bool | None, value: float | bool, rate: float) -> float | None:
-    """The time a limit change from `before` to `value` (W) takes at `rate` W/s (None: no ramp)."""
-    if before is None or rate <= 0 or isinstance(before, bool) or isinstance(value, bool):
-        return None
-    return abs(value - before) / rate or None
+@dataclass(frozen=True)
+class _Ramp:
+    rate: float  # W/s; 0: no ramp
+    cap_w: float  # the connection agreement's for the quantity: a limit above it is the cap (the core's)
+
+    def seconds(self, before: float | bool | None, value: float | bool) -> float | None:
+        """The time a limit change from `before` to `value` (W) takes (None: no ramp)."""
+        if before is None or self.rate <= 0 or isinstance(before, bool) or isinstance(value, bool):
+            return None
+        return abs(min(value, self.cap_w) - min(before, self.cap_w)) / self.rate or None
+
+
+def _cap_w(params: SiteParams, q: Quantity) -> float:
+    caps = {"export": params.export_cap_kw, "import": params.import_cap_kw}
+    return caps[q] * 1000 if q in caps else math.inf
 
 
 def _override(q: Quantity, start: int, end: int, reason: str) -> dict[str, Any]:
