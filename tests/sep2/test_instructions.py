@@ -445,9 +445,11 @@ def test_with_set_grad_w_the_core_export_limit_stays_within_what_the_plan_recent
         controls: list[Control], polls: list[tuple[int, str, int]], with_default: bool) -> None:
     """The limit holds while it ramps: at any instant it lies between the least and the most the plans
     (each poll's) had over the longest ramp before it, never looser (never the connection agreement's
-    where a plan had less), whatever the controls that come, go and are cancelled."""
+    where a plan had less), whatever the controls that come, go and are cancelled. Before the first poll
+    the core held nothing from 2030.5: the connection agreement, which a first limit ramps from."""
     site, plans = Site(), []
     now = T - 200
+    first = now + polls[0][0]  # the first poll
     defaults = (DEFAULT,) if with_default else ()
     for step, change, which in polls:
         now += step
@@ -461,5 +463,6 @@ def test_with_set_grad_w_the_core_export_limit_stays_within_what_the_plan_recent
         for t in (now, now + 1, now + 45, now + 300, now + 1200):
             window = [expected(p, "export", s)[0] for p in plans
                       for s in range(t - LONGEST_RAMP_S, t + 1)]
+            window += [PARAMS.export_cap_kw] if t - LONGEST_RAMP_S < first else []
             assert min(window) - 1e-9 <= site.limit(t) <= max(window) + 1e-9, t - T
     assert site.refused == []
