@@ -52,13 +52,14 @@ from gateway.core.instructions import (
     in_force,
     superseded_from,
 )
-from gateway.core.limits import Bound, InForce, limits_at
+from gateway.core.limits import Bound, InForce, limits_at, profile
 from gateway.core.model import (
     ROLES,
     Cancel,
     DeviceCommand,
     DeviceReading,
     Dispatch,
+    Envelope,
     Heartbeat,
     Inbound,
     Instruction,
@@ -211,12 +212,26 @@ class Engine:
         problem = check(msg, self.params, now)
         if problem is not None:
             return [*out, _rejected(msg, now, *problem)]
+        self._pin_ramps(now, mono)  # before a cancel or a replacement takes away what they ramp from
         if isinstance(msg, Cancel):
             return out + self._cancel(msg, now)
         problem = room(msg, store, self.params)
         if problem is not None:
             return [*out, _rejected(msg, now, *problem)]
-        return out + self._accept(msg, now, mono)
+        out += self._accept(msg, now, mono)
+        self._pin_ramps(now, mono)  # one whose ramp began before it arrived
+        return out
+
+    def _pin_ramps(self, now: datetime, mono: float) -> None:
+        """Fix on the record the limits each envelope whose ramp has begun ramps from (limits.py), while
+        what was in force just before its start is still in the store."""
+        store = self.state.store
+        due = [r for r in store.live() if isinstance(r.msg, Envelope) and r.msg.ramp_s
+               and r.ramp_from is None and r.msg.start <= now]
+        if due:
+            limits = profile(store, self.params, self._lost("ldc", now, mono))
+            for rec, ramp_from in [(r, limits.ramp_from(r)) for r in due]:
+                store.pin_ramp(rec, ramp_from)
 
     def _accept(self, msg: Instruction, now: datetime, mono: float) -> list[Outbound]:
         store = self.state.store
@@ -301,6 +316,7 @@ class Engine:
         meter_ok = meter if meter is not None and meter.online and not meter.stale else None
         if meter_ok:
             st.last_pcc_kw = meter_ok.p_kw
+        self._pin_ramps(now, mono)  # before _advance drops what ended at a ramp's start
         out = self._advance(now)
         follow = track(st.follow, devices, st.commanded_kw, params, mono)
         # A device that does not follow its command is left out: its output counts with the load, and the

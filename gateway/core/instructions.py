@@ -40,6 +40,9 @@ class Record:
     started: bool = False
     hold_kw: float | None = None  # a hold's export cap, fixed by the first cycle it is in force
     assessment: Assessment | None = None  # dispatch and service only
+    # a ramping envelope's limits just before its start, per quantity of timeline.QUANTITIES (None: no
+    # limit), fixed once its ramp has begun (limits.py: what was in force then may since have ended)
+    ramp_from: tuple[float | None, ...] | None = None
 
     @property
     def key(self) -> tuple[datetime, int]:
@@ -114,6 +117,10 @@ class Store:
         """The instruction has taken effect; a hold with the export cap it keeps from now on."""
         rec.started = True
         rec.hold_kw = hold_kw
+        self.version += 1
+
+    def pin_ramp(self, rec: Record, ramp_from: tuple[float | None, ...]) -> None:
+        rec.ramp_from = ramp_from
         self.version += 1
 
     def remember(self, role: str, msg_id: str, entry: Seen) -> None:

@@ -15,7 +15,12 @@ no further bookkeeping. Sources, as `binding` spells them: `connection_agreement
   are allowed, and a site that was importing may not start exporting.
 - Envelope `ramp_s`: the envelope's limits move linearly, over ramp_s from its start, from the limits in
   force just before it started (without any ramping) to its own values; a quantity with no limit before
-  it does not ramp.
+  it does not ramp. Those limits are fixed on the record once its ramp has begun (`Record.ramp_from`,
+  by the engine): what was in force just before can end at that very instant (a 2030.5 control taking
+  over from the default control) or be cancelled, and, dropped from the store, it would no longer be
+  found; the ramp would then start from the connection agreement, a jump the LDC never asked for. An
+  envelope that replaces one that started at the same instant takes its place: it ramps from where that
+  one ramps from, or from that one's limits if it did not ramp (`replaced_together`).
 
 The limits at any instant come from a `LimitProfile` over the store's `Timeline`, built once per change
 of the store (and of the LDC link's state): a look-up, not a pass over every live instruction.
@@ -106,7 +111,8 @@ class LimitProfile:
         self.params = params
         self.ldc_lost = ldc_lost
         self.default = self.timeline.default or params.default_envelope
-        self._before: dict[int, InForce] = {}  # per ramping envelope: the limits just before its start
+        self._records = store.records  # not the store: it keeps this profile (Store.derived)
+        self._before: dict[int, tuple[float, ...]] = {}  # per ramping envelope: see ramp_from
 
     def at(self, t: datetime, ramp: bool = True) -> InForce:
         s = self.timeline.at(t)
@@ -129,20 +135,45 @@ class LimitProfile:
         export, import_, generation, load = out
         return InForce(export, import_, generation, load, zeroed_by=s.zeroed_by, disconnect=s.disconnect)
 
+    def ramp_from(self, rec: Record) -> tuple[float | None, ...]:
+        """The limits the envelope `rec` ramps from, per quantity (None: no limit): fixed on the record,
+        else those of the envelope it replaces when both start together, else the limits in force just
+        before its start (without any ramping), as the store has them now."""
+        if rec.ramp_from is not None:
+            return rec.ramp_from
+        env = rec.msg
+        taken_over = replaced_together(self._records, rec)
+        if taken_over is not None:
+            return taken_over
+        prev = self.at(env.start - BEFORE, ramp=False)
+        return tuple(None if math.isinf(b.kw) else b.kw
+                     for b in (prev.export, prev.import_, prev.generation, prev.load))
+
     def _ramped(self, rec: Record, t: datetime) -> tuple[float | None, ...]:
         env = rec.msg
         prev = self._before.get(rec.seq)
         if prev is None:
-            prev = self._before[rec.seq] = self.at(env.start - BEFORE, ramp=False)
+            prev = self._before[rec.seq] = tuple(math.inf if kw is None else kw for kw in self.ramp_from(rec))
         frac = (t - env.start).total_seconds() / env.ramp_s  # 0 at start → 1 at start + ramp_s
 
-        def ramp(own: float | None, previous: Bound) -> float | None:
-            if own is None or math.isinf(previous.kw):
+        def ramp(own: float | None, previous: float) -> float | None:
+            if own is None or math.isinf(previous):
                 return own
-            return previous.kw + (own - previous.kw) * frac
+            return previous + (own - previous) * frac
 
-        return tuple(ramp(own, previous) for own, previous in
-                     zip(_own(rec), (prev.export, prev.import_, prev.generation, prev.load), strict=True))
+        return tuple(ramp(own, previous) for own, previous in zip(_own(rec), prev, strict=True))
+
+
+def replaced_together(records: dict[str, dict[str, Record]], rec: Record) -> tuple[float | None, ...] | None:
+    """What an envelope ramps from when it replaces one that started at the same instant: where that one
+    ramps from, or its own limits when it did not ramp (it takes that one's place: it never ramps again
+    from what preceded them both, which may have ended since and would be gone from the store). None
+    when it replaces no such envelope."""
+    env = rec.msg
+    old = records[env.issuer].get(env.replaces) if env.replaces else None
+    if old is None or not old.started or getattr(old.msg, "start", None) != env.start:
+        return None
+    return old.ramp_from if old.ramp_from is not None else _own(old)
 
 
 def _own(rec: Record) -> tuple[float | None, ...]:

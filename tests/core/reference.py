@@ -12,7 +12,7 @@ from datetime import datetime
 from gateway.core.allocation import DeviceRange
 from gateway.core.arbitration import EPS_KW, Context, pcc_target, reason_for
 from gateway.core.instructions import Assessment, Record, Store, in_force
-from gateway.core.limits import BEFORE, Bound, InForce, merge, ramp_end
+from gateway.core.limits import BEFORE, Bound, InForce, merge, ramp_end, replaced_together
 from gateway.core.model import Dispatch, Envelope, Limits, Outage, Override, Service, SiteParams
 from gateway.core.outbound import Window
 
@@ -70,7 +70,7 @@ def _sources(store: Store, params: SiteParams, t: datetime, ldc_lost: bool,
             envelope_in_force = True
             lim = msg.limits
             if ramp and msg.ramp_s and t < ramp_end(msg):
-                lim = _ramped(store, params, msg, t, ldc_lost)
+                lim = _ramped(store, params, rec, t, ldc_lost)
             sources.append((lim, rec.ref))
         elif isinstance(msg, Outage):
             envelope_in_force = True
@@ -90,19 +90,29 @@ def _sources(store: Store, params: SiteParams, t: datetime, ldc_lost: bool,
     return sources, zeroed_by, disconnect
 
 
-def _ramped(store: Store, params: SiteParams, env: Envelope, t: datetime, ldc_lost: bool) -> Limits:
-    before, _, _ = _sources(store, params, env.start - BEFORE, ldc_lost, ramp=False)
-    prev = merge(params, before)
+def _ramped(store: Store, params: SiteParams, rec: Record, t: datetime, ldc_lost: bool) -> Limits:
+    env = rec.msg
+    taken_over = replaced_together(store.records, rec)
+    if rec.ramp_from is not None:
+        pinned = rec.ramp_from
+    elif taken_over is not None:
+        pinned = taken_over
+    else:
+        before, _, _ = _sources(store, params, env.start - BEFORE, ldc_lost, ramp=False)
+        prev = merge(params, before)
+        pinned = tuple(None if math.isinf(b.kw) else b.kw
+                       for b in (prev.export, prev.import_, prev.generation, prev.load))
     frac = (t - env.start).total_seconds() / env.ramp_s
 
-    def ramp(own: float | None, previous: Bound) -> float | None:
-        if own is None or math.isinf(previous.kw):
+    def ramp(own: float | None, previous: float | None) -> float | None:
+        if own is None or previous is None:
             return own
-        return previous.kw + (own - previous.kw) * frac
+        return previous + (own - previous) * frac
 
     lim = env.limits
-    return Limits(ramp(lim.export_limit_kw, prev.export), ramp(lim.import_limit_kw, prev.import_),
-                  ramp(lim.generation_limit_kw, prev.generation), ramp(lim.load_limit_kw, prev.load))
+    return Limits(*(ramp(own, previous) for own, previous in zip(
+        (lim.export_limit_kw, lim.import_limit_kw, lim.generation_limit_kw, lim.load_limit_kw), pinned,
+        strict=True)))
 
 
 def served_at(store: Store, t: datetime, priority: str) -> tuple[Record | None, Record | None]:

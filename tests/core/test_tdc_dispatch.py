@@ -365,6 +365,47 @@ def test_envelope_ramp_s_moves_the_limit_from_the_previous_one() -> None:
     assert site.cycle(50).decision.export_limit_kw == pytest.approx(100.0)
 
 
+def test_envelope_ramp_s_starts_from_the_envelope_that_ends_at_its_start() -> None:
+    """What was in force just before the ramp ends at its start and leaves the store: the ramp still
+    starts from it, not from the connection agreement (300 kW, a jump up the LDC never asked for)."""
+    site = Site()
+    site.send("envelope", "e1", export_limit_kw=200.0, end=60)
+    site.send("envelope", "e2", export_limit_kw=100.0, start=60, end=600, ramp_s=100.0)
+    site.advance(60)
+    seen = [site.cycle(10).decision for _ in range(5)]
+    assert [(d.export_limit_kw, d.export_binding) for d in seen] == [
+        (pytest.approx(kw), "envelope:e2") for kw in (190.0, 180.0, 170.0, 160.0, 150.0)]
+    site.send("envelope", "e3", import_limit_kw=50.0, end=600)  # the store changes: the ramp does not
+    assert site.cycle(10).decision.export_limit_kw == pytest.approx(140.0)
+
+
+def test_envelope_ramp_s_is_kept_when_what_it_ramps_from_is_cancelled_or_replaced_at_its_start() -> None:
+    site = Site()
+    site.send("envelope", "e1", export_limit_kw=200.0, end=600)
+    site.cycle(10)
+    site.send("envelope", "e2", export_limit_kw=100.0, end=590, ramp_s=100.0)
+    site.cycle(50)
+    assert site.cycle(0).decision.export_limit_kw == pytest.approx(150.0)
+    site.send("cancel", "c1", ref="e1", issuer="ldc")
+    assert site.statuses("e1")[-1] == "cancelled"
+    assert site.cycle(0).decision.export_limit_kw == pytest.approx(150.0)
+    # a replacement that starts with it (a new ramp time) ramps from the same 200 kW, not from 300
+    site.send("envelope", "e3", export_limit_kw=100.0, start=-50, end=550, ramp_s=200.0, replaces="e2")
+    assert site.cycle(0).decision.export_limit_kw == pytest.approx(175.0)
+
+
+def test_envelope_ramp_s_added_to_a_limit_in_force_by_a_replacement_moves_nothing() -> None:
+    """A replacement that starts with the envelope it replaces takes its place: from that one's limits
+    (it did not ramp), not from what preceded both (here nothing: the connection agreement's 300 kW)."""
+    site = Site()
+    site.send("envelope", "e1", export_limit_kw=200.0, end=600)
+    site.cycle(10)
+    site.send("envelope", "e2", export_limit_kw=200.0, start=-10, end=590, ramp_s=100.0, replaces="e1")
+    assert site.cycle(0).decision.export_limit_kw == pytest.approx(200.0)
+    site.send("envelope", "e3", export_limit_kw=100.0, start=-10, end=590, ramp_s=100.0, replaces="e2")
+    assert site.cycle(0).decision.export_limit_kw == pytest.approx(190.0)
+
+
 def test_closed_loop_without_a_meter_takes_no_load_credit() -> None:
     site = Site(replace(PARAMS, limit_margin_kw=2.0))
     site.send("envelope", "e1", export_limit_kw=100.0)

@@ -130,6 +130,75 @@ def test_ramp_and_units_reach_the_envelope() -> None:
     assert (msg.start, msg.end) == (dt(T), dt(T + 600))
 
 
+def ramps(p: S.Plan, now: int, **kw: float) -> dict[str, float | None]:
+    return {key: msg.ramp_s for key, msg in I.desired(p, PARAMS, now, DAY, **kw).items()
+            if msg.type == "envelope" and msg.limits.export_limit_kw is not None}
+
+
+def test_set_grad_w_is_hundredths_of_a_percent_of_set_max_w_per_second() -> None:
+    assert I.ramp_rate(27, 10_000.0) == pytest.approx(27.0)  # 0.27 %/s of 10 kW
+    assert I.ramp_rate(100, 5_000.0) == pytest.approx(50.0)
+    assert I.ramp_rate(0, 5_000.0) == 0.0
+
+
+def test_all_13_set_grad_w_ramps_a_control_start_and_its_end_back_to_the_default() -> None:
+    """|new − old| / rate, old the plan's value just before: the default (0 W) before the control's 3 kW,
+    the control's after it; the default in force now has no 2030.5 value before it: no ramp."""
+    d = DEFAULT.mrid
+    p = S.plan([ctl(1, T + 100, 600, export=3000.0)], [DEFAULT], LFDI)
+    assert ramps(p, T, ramp_w_per_s=100.0) == {f"sep2:dderc:{d}:export:0": None,
+                                               f"sep2:{1:032x}:export": pytest.approx(30.0),
+                                               f"sep2:dderc:{d}:export:{T + 700}": pytest.approx(30.0)}
+
+
+def test_set_grad_w_ramps_a_control_after_a_control_and_nothing_from_no_value() -> None:
+    first, second = ctl(1, T, 100, export=1000.0), ctl(2, T + 100, 100, export=4000.0)
+    later = ctl(3, T + 500, 100, export=2000.0)  # after a gap with no default: nothing before it
+    p = S.plan([first, second, later], [], LFDI)
+    assert ramps(p, T, ramp_w_per_s=50.0) == {f"sep2:{1:032x}:export": None,
+                                              f"sep2:{2:032x}:export": pytest.approx(60.0),
+                                              f"sep2:{3:032x}:export": None}
+
+
+def test_ramp_tms_takes_precedence_over_set_grad_w() -> None:
+    p = S.plan([ctl(1, T + 100, 600, ramp_s=60.0, export=3000.0), ctl(2, T + 700, 60, ramp_s=0.0)],
+               [DEFAULT], LFDI)
+    got = ramps(p, T, ramp_w_per_s=100.0)
+    assert (got[f"sep2:{1:032x}:export"], got[f"sep2:{2:032x}:export"]) == (60.0, None)  # 0: at once
+
+
+def test_set_grad_w_0_is_no_ramp() -> None:
+    p = S.plan([ctl(1, T + 100, 600, export=3000.0)], [DEFAULT], LFDI)
+    assert set(ramps(p, T, ramp_w_per_s=0.0).values()) == set(ramps(p, T).values()) == {None}
+
+
+def test_all_13_the_core_moves_the_limit_at_set_grad_w_both_ways() -> None:
+    """Through the core: up from the default's 0 W to the control's 3 kW over 30 s at 100 W/s, and back
+    down to 0 W as the control ends (a tightening ramps too: PROTOCOL envelope ramp_s), never from the
+    connection agreement's 100 kW although the envelope before each ramp ends at its start."""
+    site, rate = Site(), 100.0
+    controls = [ctl(1, T + 100, 600, export=3000.0)]
+    site.poll(controls, T, ramp_w_per_s=rate)
+    assert site.limit(T + 50) == 0.0
+    site.poll(controls, T + 100, ramp_w_per_s=rate)  # the cycle at the start: the default's one ends
+    assert [site.limit(T + 100 + dt_) for dt_ in (0, 15, 30, 300)] == pytest.approx([0.0, 1.5, 3.0, 3.0])
+    site.poll(controls, T + 700, ramp_w_per_s=rate)
+    assert [site.limit(T + 700 + dt_) for dt_ in (0, 15, 30, 300)] == pytest.approx([3.0, 1.5, 0.0, 0.0])
+
+
+def test_a_changed_set_grad_w_moves_no_limit_in_force() -> None:
+    """ALL-28: a new setGradW changes the ramp_s of what is in force (a replacement with the same start):
+    the core takes over where the old one is, it does not ramp again from the connection agreement."""
+    site = Site()
+    controls = [ctl(1, T + 100, 600, export=3000.0)]
+    site.poll(controls, T)  # no ramp rate yet
+    site.poll(controls, T + 100)
+    site.poll(controls, T + 110, ramp_w_per_s=10.0)  # 300 s ramps from now on
+    assert site.limit(T + 110) == pytest.approx(3.0)
+    site.poll(controls, T + 700, ramp_w_per_s=10.0)
+    assert site.limit(T + 850) == pytest.approx(1.5)
+
+
 def test_connect_and_energize_false_are_overrides_over_the_slice() -> None:
     trip = ctl(1, T + 10, 60, connect=False)
     stop = ctl(2, T + 200, 60, energize=False)
@@ -363,4 +432,37 @@ def test_core_export_limit_is_the_plans_value(controls: list[Control], polls: li
         for t in (now, now + 1, now + 45, now + 300, now + 1200):
             assert site.limit(t) == expected(p, "export", t)[0], t - T
         assert site.binding(now).startswith(expected(p, "export", now)[1])
+    assert site.refused == []
+
+
+RATE = 1000.0  # W/s: the longest ramp here (0 → the 100 kW cap) takes 100 s
+LONGEST_RAMP_S = 100
+
+
+@settings(max_examples=60, deadline=None)
+@given(_controls, _polls, st.booleans())
+def test_with_set_grad_w_the_core_export_limit_stays_within_what_the_plan_recently_had(
+        controls: list[Control], polls: list[tuple[int, str, int]], with_default: bool) -> None:
+    """The limit holds while it ramps: at any instant it lies between the least and the most the plans
+    (each poll's) had over the longest ramp before it, never looser (never the connection agreement's
+    where a plan had less), whatever the controls that come, go and are cancelled. Before the first poll
+    the core held nothing from 2030.5: the connection agreement, which a first limit ramps from."""
+    site, plans = Site(), []
+    now = T - 200
+    first = now + polls[0][0]  # the first poll
+    defaults = (DEFAULT,) if with_default else ()
+    for step, change, which in polls:
+        now += step
+        if controls and change != "none":
+            i = which % len(controls)
+            if change == "drop":
+                controls = controls[:i] + controls[i + 1:]
+            else:
+                controls[i] = replace(controls[i], status=CANCELLED if change == "cancel" else ACTIVE)
+        plans.append(site.poll(controls, now, defaults=defaults, ramp_w_per_s=RATE))
+        for t in (now, now + 1, now + 45, now + 300, now + 1200):
+            window = [expected(p, "export", s)[0] for p in plans
+                      for s in range(t - LONGEST_RAMP_S, t + 1)]
+            window += [PARAMS.export_cap_kw] if t - LONGEST_RAMP_S < first else []
+            assert min(window) - 1e-9 <= site.limit(t) <= max(window) + 1e-9, t - T
     assert site.refused == []

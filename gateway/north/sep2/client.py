@@ -149,7 +149,7 @@ class Sep2Client:
             now = int(time.time())
             controls = self._on_box_clock()
             plan = schedule.plan(controls, list(self.defaults.values()), self.lfdi)
-            want = instructions.desired(plan, self.params, now, HORIZON_S)
+            want = instructions.desired(plan, self.params, now, HORIZON_S, ramp_w_per_s=self._ramp_w_per_s())
             for _ in range(3):  # the adds, then the cancels (see instructions.changes)
                 msgs = instructions.changes(want, submitted, now)
                 if not msgs:
@@ -417,6 +417,13 @@ class Sep2Client:
         """The ramp rate the site is set to: the lowest-primacy program's default's setGradW (0: none)."""
         grads = sorted((d.primacy, d.set_grad_w) for d in self.defaults.values() if d.set_grad_w is not None)
         return grads[0][1] if grads else 0
+
+    def _ramp_w_per_s(self) -> float:
+        """setGradW of setMaxW per second: the rate 2030.5 limits without rampTms move at (0 until a cycle
+        has read the devices' ratings)."""
+        view = self.readings.last
+        return 0.0 if view is None else instructions.ramp_rate(self._set_grad_w(),
+                                                               self.reporter.rated_w(view))
 
     def _schedule_readings(self) -> None:
         """The next UTC-aligned tick of postRate (a reading of the interval that ends there)."""

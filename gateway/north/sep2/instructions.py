@@ -6,7 +6,7 @@ Each message is the PROTOCOL §3 LDC JSON, decoded by `gateway.protocol.codec.de
 payload for the audit log, so a 2030.5 limit is an LDC instruction in every respect.
 
 - A limit slice is an `envelope` keyed `sep2:<mRID>:<quantity>` (`:<part>` when another control cuts it),
-  limits in kW, the slice's window, `ramp_s` from rampTms. Its `reason` is "other" (the field is an enum);
+  limits in kW, the slice's window, `ramp_s` (see Ramps). Its `reason` is "other" (the field is an enum);
   the id names the control, and so does telemetry's `binding` (`envelope:sep2:<mRID>:…`).
 - opModConnect false → override `disconnect`, opModEnergize false → `cease_to_energize`, over the slice;
   true sets nothing.
@@ -18,6 +18,24 @@ payload for the audit log, so a 2030.5 limit is an LDC instruction in every resp
   default's limits, which the core applies once the LDC link is lost and the envelopes have ended (TDC-17,
   CSIP-AUS ALL-23).
 
+Ramps (CSIP-AUS ALL-13, ALL-25, ALL-28). A control's rampTms is its slice's `ramp_s`, as sent (0: at
+once). Every other change of a 2030.5 limit in the plan moves at the site's ramp rate, `ramp_w_per_s`
+(the lowest-primacy program's DefaultDERControl setGradW, hundredths of % of setMaxW per second, times
+setMaxW: `ramp_rate`; many inverters do not do WGra themselves, so the gateway ramps the limit): a
+slice's start and a default gap's start (the end of a control, back to the default) get
+`ramp_s = |new − old| / ramp_w_per_s`, where old is the plan's 2030.5 value of that quantity just
+before (the slice or default that ends there), each taken as at most the connection agreement's cap
+(what the core has in force for a higher one). With no 2030.5 value just before (no default, and no
+control ending there) there is nothing to ramp from, as the core ramps no quantity that had no limit
+before: the limit applies at once. setGradW 0 or absent: no ramp. The core moves the limit from what is
+in force just before the envelope (another interface's tighter limit, if any) over that ramp_s.
+A tightening ramps too: that is what the protocol's envelope `ramp_s` means (limits.py, PROTOCOL §3)
+and what CSIP-AUS asks (ALL-28: down to the default's 0 W at setGradW). The limit that holds during
+the ramp is the ramped one, which the core enforces and reports in telemetry; the LDC chose the rate.
+Not ramped: a default whose value changes while it is in force, and the default that returns when the
+server cancels a control in force (the plan has neither the old value nor the instant of the change:
+the envelope's ramp is anchored at its start, long past); both apply at once. Nor overrides.
+
 `changes` mints each message's id from its key, content, issue time and the id it replaces or the cancel
 that went before it (`<key>~<10 hex>`), so an id is never used twice: the core would refuse different
 content under a seen id (TDC-06) and would not apply a repeat again.
@@ -27,14 +45,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from gateway.core.model import Inbound, SiteParams
 from gateway.core.validation import ABSURD_FACTOR
 from gateway.north.sep2.model import LIMIT_QUANTITIES, Quantity
-from gateway.north.sep2.schedule import Plan, Slice
+from gateway.north.sep2.schedule import Plan, Slice, at
 from gateway.protocol.codec import decode_inbound
 
 PREFIX = "sep2:"
@@ -46,8 +66,13 @@ STEPS_PER_HORIZON = 24
 Spec = tuple[str, dict[str, Any]]  # key, the message's fields beyond the common ones
 
 
-def desired(p: Plan, params: SiteParams, now: int, horizon_s: int, max_messages: int | None = None
-            ) -> dict[str, Inbound]:
+def ramp_rate(set_grad_w: int, set_max_w: float) -> float:
+    """W per second for setGradW (hundredths of a percent of setMaxW per second; 27 = 0.27 %/s)."""
+    return set_grad_w / 10_000 * set_max_w
+
+
+def desired(p: Plan, params: SiteParams, now: int, horizon_s: int, max_messages: int | None = None,
+            ramp_w_per_s: float = 0.0) -> dict[str, Inbound]:
     """The LDC messages that carry the plan from now to now + horizon_s, by key (each message's id is its
     key until `changes` mints the one it is submitted under).
 
@@ -57,6 +82,7 @@ def desired(p: Plan, params: SiteParams, now: int, horizon_s: int, max_messages:
     (max_live_instructions.ldc − 1) // 2, leaves room for a change, which adds before it cancels: the
     old and the new set and the default_envelope (a newer one drops the older at once) fit the core's
     cap. Ended and replaced ones leave the core's count at its next cycle.
+    `ramp_w_per_s` is the rate a limit change without rampTms moves at (0: none; see Ramps).
     Limits above what the core accepts (10 × the larger connection-agreement cap) are that bound: no
     limit of this site can mean more. Raises ValueError when a control cannot be carried (a key too
     long, a limit that is negative or not a number): the codec lets no such control through.
@@ -71,11 +97,12 @@ def desired(p: Plan, params: SiteParams, now: int, horizon_s: int, max_messages:
     until = -(-(now + horizon_s) // step) * step
     specs: list[Spec] = []
     for q, slices in p.slices.items():
+        ramp = _Ramp(ramp_w_per_s, _cap_w(params, q))
         specs += [spec for s in slices if s.end > now and s.start <= now + horizon_s
-                  for spec in _slice_spec(s, max_kw)]
+                  for spec in _slice_spec(s, _before(p, q, s.start), ramp, max_kw)]
         if q in p.default:
             value, mrid = p.default[q]
-            specs += _default_specs(q, value, mrid, slices, now, now - now % step, until, max_kw)
+            specs += _default_specs(q, value, mrid, slices, now, now - now % step, until, max_kw, ramp)
     specs.sort(key=lambda spec: spec[1]["start"])
     specs = specs[:limit]
     limits = {f"{q}_limit_kw": _kw(v, max_kw, DEFAULT_KEY, q) for q, (v, _) in p.default.items()
@@ -85,43 +112,75 @@ def desired(p: Plan, params: SiteParams, now: int, horizon_s: int, max_messages:
     return {key: _decoded(key, fields, now) for key, fields in specs}
 
 
-def _slice_spec(s: Slice, max_kw: float) -> list[Spec]:
+def _slice_spec(s: Slice, before: float | bool | None, ramp: _Ramp, max_kw: float) -> list[Spec]:
     key = f"{PREFIX}{s.mrid}:{s.quantity}" + ("" if s.part is None else f":{s.part}")
     if s.quantity in OVERRIDES:
         reason = f"2030.5 DERControl {s.mrid}"
         return [] if s.value else [(key, _override(s.quantity, s.start, s.end, reason))]
-    fields: dict[str, Any] = {"type": "envelope", "start": s.start, "end": s.end, "reason": "other",
-                              f"{s.quantity}_limit_kw": _kw(s.value, max_kw, key, s.quantity)}
-    if s.ramp_s is not None:
-        fields["ramp_s"] = s.ramp_s
+    fields = _envelope(key, s.quantity, s.value, s.start, s.end, max_kw)
+    ramp_s = s.ramp_s if s.ramp_s is not None else ramp.seconds(before, s.value)  # rampTms first
+    if ramp_s:
+        fields["ramp_s"] = ramp_s
     return [(key, fields)]
 
 
 def _default_specs(q: Quantity, value: float | bool, mrid: str, slices: list[Slice], now: int, first: int,
-                   until: int, max_kw: float) -> list[Spec]:
+                   until: int, max_kw: float, ramp: _Ramp) -> list[Spec]:
     """The default's messages over the gaps between `slices` that have not ended by `now`, up to `until`.
-    A gap starts where a slice ends; one with no slice before it, at `first` (the step `now` is in)."""
+    A gap starts where a slice ends, ramping from that slice's value; one with no slice before it, at
+    `first` (the step `now` is in)."""
     if q in OVERRIDES and value:
         return []
-    gaps: list[tuple[int, int, int]] = []  # start, end, n
-    cursor, n = first, 0
+    gaps: list[tuple[int, int, int, float | bool | None]] = []  # start, end, n, the value before
+    cursor, n, before = first, 0, None
     for s in slices:  # sorted and non-overlapping
         if s.start > cursor:
-            gaps.append((cursor, s.start, n))
-        cursor, n = s.end, s.end
-    gaps.append((cursor, until, n))
+            gaps.append((cursor, s.start, n, before))
+        cursor, n, before = s.end, s.end, s.value
+    gaps.append((cursor, until, n, before))
     out: list[Spec] = []
-    for start, gap_end, n in gaps:
+    for start, gap_end, n, before in gaps:
         end = min(gap_end, until)
         if end <= now or start >= end:
             continue
         key = f"{PREFIX}dderc:{mrid}:{q}:{n}"
         if q in OVERRIDES:
             out.append((key, _override(q, start, end, f"2030.5 DefaultDERControl {mrid}")))
-        else:
-            out.append((key, {"type": "envelope", "start": start, "end": end, "reason": "other",
-                              f"{q}_limit_kw": _kw(value, max_kw, key, q)}))
+            continue
+        fields = _envelope(key, q, value, start, end, max_kw)
+        if ramp_s := ramp.seconds(before, value):
+            fields["ramp_s"] = ramp_s
+        out.append((key, fields))
     return out
+
+
+def _envelope(key: str, q: Quantity, value: float | bool, start: int, end: int, max_kw: float
+              ) -> dict[str, Any]:
+    return {"type": "envelope", "start": start, "end": end, "reason": "other",
+            f"{q}_limit_kw": _kw(value, max_kw, key, q)}
+
+
+def _before(p: Plan, q: Quantity, start: int) -> float | bool | None:
+    """The plan's value of `q` just before `start`: the slice or default that ends there (None: none)."""
+    setting = at(p, q, start - 1)  # times are whole seconds: [a, start) holds start − 1
+    return None if setting is None else setting.value
+
+
+@dataclass(frozen=True)
+class _Ramp:
+    rate: float  # W/s; 0: no ramp
+    cap_w: float  # the connection agreement's for the quantity: a limit above it is the cap (the core's)
+
+    def seconds(self, before: float | bool | None, value: float | bool) -> float | None:
+        """The time a limit change from `before` to `value` (W) takes (None: no ramp)."""
+        if before is None or self.rate <= 0 or isinstance(before, bool) or isinstance(value, bool):
+            return None
+        return abs(min(value, self.cap_w) - min(before, self.cap_w)) / self.rate or None
+
+
+def _cap_w(params: SiteParams, q: Quantity) -> float:
+    caps = {"export": params.export_cap_kw, "import": params.import_cap_kw}
+    return caps[q] * 1000 if q in caps else math.inf
 
 
 def _override(q: Quantity, start: int, end: int, reason: str) -> dict[str, Any]:

@@ -91,8 +91,9 @@ class Reporter:
 
     # ---- DERCapability, DERSettings, DERStatus -------------------------------------------------------
     @staticmethod
-    def _rated_w(view: CycleView) -> float:
-        """The site's DER rating as its devices report it (SunSpec WRtg, the DNP3 nameplate)."""
+    def rated_w(view: CycleView) -> float:
+        """The site's DER rating as its devices report it (SunSpec WRtg, the DNP3 nameplate): rtgMaxW and
+        setMaxW, and what setGradW is a percentage of."""
         return sum(d.rated_kw for d in view.devices) * 1000
 
     def capability(self, view: CycleView) -> codec.DERCapability:
@@ -100,11 +101,11 @@ class Reporter:
         der_type = codec.DERType.COMBINED_PV_AND_STORAGE if "battery" in kinds else \
             codec.DERType.PHOTOVOLTAIC_SYSTEM
         return codec.DERCapability(modesSupported=f"{MODES:08X}",
-                                   rtgMaxW=codec.active_power(self._rated_w(view)), type_=der_type,
+                                   rtgMaxW=codec.active_power(self.rated_w(view)), type_=der_type,
                                    doeModesSupported=f"{DOE_MODES:02X}")
 
     def settings(self, view: CycleView, set_grad_w: int) -> codec.DERSettings:
-        return codec.DERSettings(setMaxW=codec.active_power(self._rated_w(view)), setGradW=set_grad_w,
+        return codec.DERSettings(setMaxW=codec.active_power(self.rated_w(view)), setGradW=set_grad_w,
                                  modesEnabled=f"{MODES:08X}", doeModesEnabled=f"{DOE_MODES:02X}",
                                  updatedTime=int(time.time()))
 
