@@ -90,7 +90,8 @@ class Sep2Client:
         self.readings = Readings()
         self._tree: Tree | None = None
         self._due: dict[str, float] = {}  # loop time each poll is due: walk, programs, status
-        self._readings_at: float | None = None  # wall time of the next UTC-aligned reading
+        self._readings_at: float | None = None  # the next UTC-aligned reading, on the server's clock
+        self._readings_from: int | None = None  # the end of the interval just posted, on the server's clock
         self._wake = asyncio.Event()
         self._alarms: dict[str, str] = {}
         self._backoff = Backoff(initial_s=1.0, max_s=cfg.backoff_max_s)
@@ -263,7 +264,9 @@ class Sep2Client:
         await self._send_responses(server)
         if now >= self._due["status"]:
             await self._report_der(server, now)
-        if self._readings_at is not None and time.time() >= self._readings_at:
+        if self._tree.mup_list and self.reporter.mups and now >= self._due.get("mups", now):
+            await self._read_post_rate(server, self._tree.mup_list, now)
+        if self._readings_at is not None and time.time() + self.offset_s >= self._readings_at:
             await self._post_readings(server)
 
     def _rate(self, server_rate: int | None) -> float:
@@ -298,7 +301,13 @@ class Sep2Client:
 
     async def _read_time(self, server: Server, href: str) -> None:
         tm = await server.get(codec.Time, href)
-        self.offset_s = round(tm.currentTime - time.time())
+        # currentTime is whole seconds, truncated: + 0.5 s is the unbiased estimate (without it, a server in
+        # step with the box measured 0 or -1 s at random). A new offset is taken only beyond 1 s of the one
+        # in use: an offset that flipped by a second from poll to poll moved every event, and the readings'
+        # ticks, with it.
+        estimate = tm.currentTime + 0.5 - time.time()
+        if abs(estimate - self.offset_s) > 1:
+            self.offset_s = round(estimate)
         if abs(self.offset_s) > self.cfg.max_clock_skew_s:
             self._alarm("clock", f"2030.5 server's clock is {self.offset_s:+d} s from the gateway's (more "
                                  f"than [sep2] max_clock_skew_s = {self.cfg.max_clock_skew_s:.0f}); event "
@@ -418,15 +427,32 @@ class Sep2Client:
         grads = sorted((d.primacy, d.set_grad_w) for d in self.defaults.values() if d.set_grad_w is not None)
         return grads[0][1] if grads else 0
 
+    async def _read_post_rate(self, server: Server, list_href: str, now: float) -> None:
+        """The server's postRate, re-read at the MirrorUsagePointList's pollRate: a change is followed from
+        the next tick of the new rate (CSIP-AUS ALL-10; the postRate was once read only at registration)."""
+        before = self.reporter.post_s
+        poll = await self.reporter.read_post_rate(server, list_href)
+        if self.reporter.post_s != before:
+            log.info("2030.5: postRate %.0f s (was %.0f s)", self.reporter.post_s, before)
+            self._schedule_readings()
+        self._due["mups"] = now + self._rate(poll)
+
     def _schedule_readings(self) -> None:
-        """The next UTC-aligned tick of postRate (a reading of the interval that ends there)."""
+        """The next UTC-aligned tick of postRate (a reading of the interval that ends there), on the
+        server's clock: the server reads the readings' times on its own (CSIP-AUS: on minute boundaries),
+        and ticks of the box's clock shifted by the offset were aligned only if it was a multiple of them."""
         post = self.cfg.post_s or self.reporter.post_s
-        now = time.time()
+        now = time.time() + self.offset_s
         self._readings_at = now - now % post + post
 
     async def _post_readings(self, server: Server) -> None:
         assert self._readings_at is not None
         end = int(self._readings_at)
         post = int(self.cfg.post_s or self.reporter.post_s)
-        await self.reporter.post_readings(server, self.readings.take(end - post, end), self.offset_s)
+        # an interval starts where the one posted before it ended: after a change of postRate too, so that
+        # none overlap or leave a gap; after a failed post (its samples are gone), one postRate before
+        start = end - post if self._readings_from is None else self._readings_from
+        self._readings_from = None
+        await self.reporter.post_readings(server, self.readings.take(start, end))
+        self._readings_from = end
         self._schedule_readings()
