@@ -5,12 +5,13 @@ EndDeviceList → its EndDevice, POSTed if absent → Registration, its PIN chec
 ConnectionPoint, PUT when the server's is not `[sep2] connection_point_id` → DERList → the
 MirrorUsagePoints), then, each at its own rate, the programs (EndDevice → FunctionSetAssignmentsList →
 DERProgramList → each program's DefaultDERControl and paged DERControlList, the hrefs followed afresh each
-time), the Responses due, DERStatus, and the readings at UTC-aligned postRate ticks. It backs off on a
-failure and waits out a 429's Retry-After. `_follow` runs every second whatever the server does: the
-controls received so far are planned (schedule.py) and the core is given exactly the LDC envelopes and
-overrides that plan says (instructions.py), through the one path of every instruction (Port.submit). So
-the received schedule keeps being followed through a server outage, and a limit that arrives both by
-2030.5 and by another interface is applied once, the most restrictive winning (the core's rule).
+time), the Responses due, DERStatus, the MirrorUsagePointList (the server may change its postRate), and
+the readings at UTC-aligned postRate ticks of the server's clock. It backs off on a failure and waits
+out a 429's Retry-After. `_follow` runs every second whatever the server does: the controls received
+so far are planned (schedule.py) and the core is given exactly the LDC envelopes and overrides that plan
+says (instructions.py), through the one path of every instruction (Port.submit). So the received
+schedule keeps being followed through a server outage, and a limit that arrives both by 2030.5 and by
+another interface is applied once, the most restrictive winning (the core's rule).
 
 The Responses queued (which statuses each control has had) and those not yet posted are kept in the
 gateway's store (Port.save_state) before any is posted, and after each is: a restarted gateway, stopped
