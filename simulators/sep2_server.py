@@ -344,11 +344,14 @@ class Sep2Server:
                     load_w: float | None = None,
                     connect: bool | None = None, energize: bool | None = None, fixed_w: int | None = None,
                     ramp_tms: int | None = None, randomize_start: int | None = None,
-                    creation_time: float | None = None, response_required: str = "03") -> str:
+                    creation_time: float | None = None, response_required: str = "03",
+                    mrid: str | None = None) -> str:
         """A DERControl in `program` from `start` for `duration` s (server clock); its mRID (32 hex).
 
         Limits are W; `fixed_w` is opModFixedW (signed hundredths of a percent of setMaxW), `ramp_tms`
         hundredths of a second, `randomize_start` signed seconds. `creation_time` defaults to now.
+        `mrid` (32 hex) defaults to a fresh one: a test gives one to know, before the client sees the
+        control, what depends on it (the client's randomised start is drawn from its LFDI and the mRID).
         Every control carries replyTo /edev/<id>/rsps/site_control/rsp and this responseRequired.
         """
         self._program(program)
@@ -359,7 +362,9 @@ class Sep2Server:
         if not values:
             raise ValueError("a DERControl must set at least one control (export_w, import_w, connect, …)")
         int(response_required, 16)  # a hex byte, or ValueError here rather than an invalid body later
-        mrid = _mrid()
+        mrid = _mrid() if mrid is None else mrid.upper()
+        if len(mrid) != 32 or mrid.strip("0123456789ABCDEF") or mrid in self._known_mrids:
+            raise ValueError(f"a DERControl's mRID is 32 hex digits, unique on the server: {mrid!r}")
         self._controls[mrid] = _Control(
             self._next_control, mrid, program, int(start), int(duration), values, randomize_start,
             int(self.now() if creation_time is None else creation_time), response_required)

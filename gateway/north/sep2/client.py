@@ -5,12 +5,13 @@ EndDeviceList → its EndDevice, POSTed if absent → Registration, its PIN chec
 ConnectionPoint, PUT when the server's is not `[sep2] connection_point_id` → DERList → the
 MirrorUsagePoints), then, each at its own rate, the programs (EndDevice → FunctionSetAssignmentsList →
 DERProgramList → each program's DefaultDERControl and paged DERControlList, the hrefs followed afresh each
-time), the Responses due, DERStatus, and the readings at UTC-aligned postRate ticks. It backs off on a
-failure and waits out a 429's Retry-After. `_follow` runs every second whatever the server does: the
-controls received so far are planned (schedule.py) and the core is given exactly the LDC envelopes and
-overrides that plan says (instructions.py), through the one path of every instruction (Port.submit). So
-the received schedule keeps being followed through a server outage, and a limit that arrives both by
-2030.5 and by another interface is applied once, the most restrictive winning (the core's rule).
+time), the Responses due, DERStatus, the MirrorUsagePointList (the server may change its postRate), and
+the readings at UTC-aligned postRate ticks of the server's clock. It backs off on a failure and waits
+out a 429's Retry-After. `_follow` runs every second whatever the server does: the controls received
+so far are planned (schedule.py) and the core is given exactly the LDC envelopes and overrides that plan
+says (instructions.py), through the one path of every instruction (Port.submit). So the received
+schedule keeps being followed through a server outage, and a limit that arrives both by 2030.5 and by
+another interface is applied once, the most restrictive winning (the core's rule).
 
 The Responses queued (which statuses each control has had) and those not yet posted are kept in the
 gateway's store (Port.save_state) before any is posted, and after each is: a restarted gateway, stopped
@@ -90,7 +91,8 @@ class Sep2Client:
         self.readings = Readings()
         self._tree: Tree | None = None
         self._due: dict[str, float] = {}  # loop time each poll is due: walk, programs, status
-        self._readings_at: float | None = None  # wall time of the next UTC-aligned reading
+        self._readings_at: float | None = None  # the next UTC-aligned reading, on the server's clock
+        self._readings_from: int | None = None  # the end of the interval just posted, on the server's clock
         self._wake = asyncio.Event()
         self._alarms: dict[str, str] = {}
         self._backoff = Backoff(initial_s=1.0, max_s=cfg.backoff_max_s)
@@ -263,7 +265,9 @@ class Sep2Client:
         await self._send_responses(server)
         if now >= self._due["status"]:
             await self._report_der(server, now)
-        if self._readings_at is not None and time.time() >= self._readings_at:
+        if self._tree.mup_list and self.reporter.mups and now >= self._due.get("mups", now):
+            await self._read_post_rate(server, self._tree.mup_list, now)
+        if self._readings_at is not None and time.time() + self.offset_s >= self._readings_at:
             await self._post_readings(server)
 
     def _rate(self, server_rate: int | None) -> float:
@@ -298,7 +302,13 @@ class Sep2Client:
 
     async def _read_time(self, server: Server, href: str) -> None:
         tm = await server.get(codec.Time, href)
-        self.offset_s = round(tm.currentTime - time.time())
+        # currentTime is whole seconds, truncated: + 0.5 s is the unbiased estimate (without it, a server in
+        # step with the box measured 0 or -1 s at random). A new offset is taken only beyond 1 s of the one
+        # in use: an offset that flipped by a second from poll to poll moved every event, and the readings'
+        # ticks, with it.
+        estimate = tm.currentTime + 0.5 - time.time()
+        if abs(estimate - self.offset_s) > 1:
+            self.offset_s = round(estimate)
         if abs(self.offset_s) > self.cfg.max_clock_skew_s:
             self._alarm("clock", f"2030.5 server's clock is {self.offset_s:+d} s from the gateway's (more "
                                  f"than [sep2] max_clock_skew_s = {self.cfg.max_clock_skew_s:.0f}); event "
@@ -425,15 +435,32 @@ class Sep2Client:
         return 0.0 if view is None else instructions.ramp_rate(self._set_grad_w(),
                                                                self.reporter.rated_w(view))
 
+    async def _read_post_rate(self, server: Server, list_href: str, now: float) -> None:
+        """The server's postRate, re-read at the MirrorUsagePointList's pollRate: a change is followed from
+        the next tick of the new rate (CSIP-AUS ALL-10; the postRate was once read only at registration)."""
+        before = self.reporter.post_s
+        poll = await self.reporter.read_post_rate(server, list_href)
+        if self.reporter.post_s != before:
+            log.info("2030.5: postRate %.0f s (was %.0f s)", self.reporter.post_s, before)
+            self._schedule_readings()
+        self._due["mups"] = now + self._rate(poll)
+
     def _schedule_readings(self) -> None:
-        """The next UTC-aligned tick of postRate (a reading of the interval that ends there)."""
+        """The next UTC-aligned tick of postRate (a reading of the interval that ends there), on the
+        server's clock: the server reads the readings' times on its own (CSIP-AUS: on minute boundaries),
+        and ticks of the box's clock shifted by the offset were aligned only if it was a multiple of them."""
         post = self.cfg.post_s or self.reporter.post_s
-        now = time.time()
+        now = time.time() + self.offset_s
         self._readings_at = now - now % post + post
 
     async def _post_readings(self, server: Server) -> None:
         assert self._readings_at is not None
         end = int(self._readings_at)
         post = int(self.cfg.post_s or self.reporter.post_s)
-        await self.reporter.post_readings(server, self.readings.take(end - post, end), self.offset_s)
+        # an interval starts where the one posted before it ended: after a change of postRate too, so that
+        # none overlap or leave a gap; after a failed post (its samples are gone), one postRate before
+        start = end - post if self._readings_from is None else self._readings_from
+        self._readings_from = None
+        await self.reporter.post_readings(server, self.readings.take(start, end))
+        self._readings_from = end
         self._schedule_readings()

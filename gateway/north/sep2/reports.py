@@ -7,8 +7,8 @@
   of the interval that ended at each UTC-aligned tick of the server's postRate.
 
 Sign conventions (CSIP-AUS): the site's W and var are positive for import, negative for export; the DER's
-are positive for generation/discharge. 2030.5 carries int16 values with a power of ten: each value is
-sent with the multiplier its ReadingType declares.
+are positive for generation/discharge. Each reading's value (2030.5 Reading.value, Int48) is sent with
+the power of ten its ReadingType declares.
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 SITE_ROLE, DER_ROLE = 0x03, 0x49
 DEFAULT_POST_S = 300
-INT16 = 32767  # 2030.5 readings are Int16 with a power of ten
+# Reading.value is Int48 (sep.xsd ReadingBase), not Int16 as ActivePower's: W at 10^0 fits any site (an
+# Int16 bound clipped a site's export beyond 32.8 kW to -32767 W; found by test_all_24/test_all_10)
+INT48 = 2**47
 # DERControlType bits the gateway carries out (opModConnect, opModEnergize); the CSIP-AUS limits are in
 # doeModesSupported: export, import, generation and load limits
 MODES = 0x04 | 0x08
@@ -170,17 +172,28 @@ class Reporter:
                 self.post_s = float(mup.postRate)
         log.info("2030.5: MirrorUsagePoints %s, postRate %.0f s", self.mups, self.post_s)
 
+    async def read_post_rate(self, server: Server, list_href: str) -> int | None:
+        """Take the postRate the server now sets on the site's MirrorUsagePoints (it may change it at any
+        time: CSIP-AUS ALL-10); the list's pollRate."""
+        mupl, mups = await server.get_list(codec.MirrorUsagePointList, list_href,
+                                           lambda page: page.mirrorUsagePoints)
+        ours = {mrid(self.lfdi, role) for role in self.mups}
+        rates = [m.postRate for m in mups if m.mRID.upper() in ours and m.postRate]
+        if rates:
+            self.post_s = float(min(rates))
+        return mupl.pollRate
+
     def _value(self, quantity: str, value: float) -> int:
         pow10 = QUANTITIES[quantity][1]
         if quantity == "v":
             value *= self.nominal_v
-        return max(-INT16, min(INT16, round(value / 10**pow10)))
+        return max(-INT48, min(INT48, round(value / 10**pow10)))
 
-    async def post_readings(self, server: Server, interval: Interval | None, offset_s: int) -> None:
+    async def post_readings(self, server: Server, interval: Interval | None) -> None:
+        """The averages of `interval` (its times on the server's clock)."""
         if interval is None:
             return
-        period = codec.DateTimeInterval(start=interval.start + offset_s,
-                                        duration=interval.end - interval.start)
+        period = codec.DateTimeInterval(start=interval.start, duration=interval.end - interval.start)
         for role, prefix, quantities in ((SITE_ROLE, "site", SITE_QUANTITIES),
                                          (DER_ROLE, "der", DER_QUANTITIES)):
             href = self.mups.get(role)
