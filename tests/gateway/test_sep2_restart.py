@@ -99,3 +99,22 @@ async def test_all_30_tdc_19_a_response_queued_while_the_server_failed_is_posted
         assert not server.errors
     finally:
         gw.stop()
+
+
+async def test_all_30_a_control_the_server_stops_listing_is_followed_to_its_end_after_a_restart(
+        make_rig: Callable[..., Awaitable[Rig]], pki: Pki, server: Sep2Server) -> None:
+    # 2030.5: a control that leaves the list is not cancelled; the restarted gateway has it from its store
+    rig = await make_rig(sections=sep2_site.sep2_sections(pki, server))
+    mrid = server.add_control(1, server.now() - 1, 300, export_w=40_000)
+    await server.wait_for(lambda: statuses(server, mrid) == [RECEIVED, STARTED], timeout=15)
+    await rig.stop_gateway()
+    server.remove(mrid)
+    await rig.start_gateway()
+    # the programs have been read and planned once a control new to it is answered
+    new = server.add_control(1, server.now() - 1, 300, import_w=90_000)
+    await server.wait_for(lambda: statuses(server, new) == [RECEIVED, STARTED], timeout=20)
+    mark = len(rig.peer.messages)
+    t = await rig.telemetry(lambda t: t["effective"]["export_limit_kw"] is not None, start=mark)
+    assert f"sep2:{mrid}" in t["effective"]["binding"] and t["effective"]["export_limit_kw"] == 40.0
+    await rig.wait_meter(lambda p: p <= 40.5, timeout=20)
+    assert statuses(server, mrid) == [RECEIVED, STARTED]

@@ -16,7 +16,8 @@ another interface is applied once, the most restrictive winning (the core's rule
 The Responses queued (which statuses each control has had) and those not yet posted are kept in the
 gateway's store (Port.save_state) before any is posted, and after each is: a restarted gateway, stopped
 or killed, posts none again that the server has, and loses none it had queued (one posted in the
-moment between its POST and the store's write would be posted twice rather than lost).
+moment between its POST and the store's write would be posted twice rather than lost). The controls
+received are kept with them: one the server stops listing before its end is still followed to its end.
 
 Times: the server's clock (its /tm) may differ from the box's; event times are taken on the server's
 clock (shifted by the measured offset) and a skew beyond `[sep2] max_clock_skew_s` is an alarm.
@@ -187,17 +188,22 @@ class Sep2Client:
         try:
             self.responses.restore(saved["responses"])
             self._outbox.extend(schedule.Due(**due) for due in saved["outbox"])
+            # the controls received: one the server stopped listing before its end, without cancelling it,
+            # is still followed to its end by a restarted gateway (an older entry has none)
+            for c in saved.get("controls", []):
+                self.controls[c["mrid"]] = Control(**{**c, "unsupported": tuple(c["unsupported"])})
         except (KeyError, TypeError, ValueError) as err:
             log.warning("2030.5: the Responses kept in the store are not usable (%s: %s); starting afresh: "
                         "the controls listed are answered 'received' again", type(err).__name__, err)
-            self.responses, self._outbox = schedule.Responses(), deque()
+            self.responses, self._outbox, self.controls = schedule.Responses(), deque(), {}
 
     async def _save(self) -> None:
         """Until the Responses as they stand are in the store (written only if they changed since the
         last save; the store writes in order, so awaiting the last write awaits every one before)."""
         if self._unsaved:
             self._unsaved = False  # a change while the store writes is saved by the next call
-            state = {"responses": self.responses.snapshot(), "outbox": [asdict(due) for due in self._outbox]}
+            state = {"responses": self.responses.snapshot(), "outbox": [asdict(due) for due in self._outbox],
+                     "controls": [asdict(c) for c in self.controls.values()]}
             self._saving = asyncio.ensure_future(self._write(state))
         if self._saving is not None:
             await asyncio.shield(self._saving)
@@ -221,6 +227,7 @@ class Sep2Client:
     def _forget(self, now: int) -> None:
         for mrid in [m for m, c in self.controls.items() if c.end - self.offset_s + FORGET_S < now]:
             del self.controls[mrid]
+            self._unsaved = True
 
     # ---- the server ----------------------------------------------------------------------------------
     async def _exchange(self, server: Server) -> None:
@@ -376,7 +383,9 @@ class Sep2Client:
                     await self._read_program(server, prog, controls, defaults)
         # all read: replaced together (a failure half-way keeps the last whole picture)
         for mrid, c in controls.items():
-            self.controls[mrid] = c  # one that left the list is kept: removal is not cancellation
+            if self.controls.get(mrid) != c:
+                self.controls[mrid] = c  # one that left the list is kept: removal is not cancellation
+                self._unsaved = True  # and kept across a restart with the Responses
         self.defaults = defaults
         self.received.set()
         self._replan.set()
