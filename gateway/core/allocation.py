@@ -116,8 +116,8 @@ def limit_room_down(total_kw: float, load_kw: float | None, eff: InForce, margin
     return max(0.0, total_kw - max(bottom, -eff.load.kw))
 
 
-def retold(devices: list[DeviceReading], told_kw: dict[str, float], room_up_kw: float,
-           room_down_kw: float) -> list[DeviceCommand]:
+def retold(devices: list[DeviceReading], told_kw: dict[str, float], stuck_kw: dict[str, float],
+           tolerance_kw: dict[str, float], room_up_kw: float, room_down_kw: float) -> list[DeviceCommand]:
     """The commands of devices that do not follow (following.py): each is told the command it did not
     follow again, but no further from its output than the limits leave room for.
 
@@ -126,14 +126,22 @@ def retold(devices: list[DeviceReading], told_kw: dict[str, float], room_up_kw: 
     the PCC would jump by the difference before the next cycle could answer: a PV stuck at 10 kW that had
     been told 219 kW took the PCC from 145 to 354 kW against a 150 kW limit. So the command is brought
     towards the output until the jump fits the room left below the export (and generation) limit and above
-    the import (and load) limit; the devices share the room, each taking from what the one before left,
-    so that all of them following at once still fits; and never beyond what the device can do now."""
+    the import (and load) limit, shared equally, so that all of them following at once still fits. A
+    command that lands within its tolerance of where the device was stuck could not show that it follows
+    again (following.py): it is moved off by twice the tolerance, towards the command it did not follow if
+    the room allows, else the other way. Never beyond what the device can do now."""
+    share_up, share_down = room_up_kw / max(len(devices), 1), room_down_kw / max(len(devices), 1)
     commands = []
-    for d in sorted(devices, key=lambda d: d.id):
-        kw = min(max(told_kw.get(d.id, d.p_kw), d.p_kw - room_down_kw), d.p_kw + room_up_kw)
-        kw = min(max(kw, -_down(d)), max(_up(d), d.rated_kw if d.kind == "pv" else 0.0))  # what it can do
-        room_up_kw -= max(0.0, kw - d.p_kw)
-        room_down_kw -= max(0.0, d.p_kw - kw)
+    for d in devices:
+        low = max(d.p_kw - share_down, -_down(d))
+        high = min(d.p_kw + share_up, max(_up(d), d.rated_kw if d.kind == "pv" else 0.0))
+        told = told_kw.get(d.id, d.p_kw)
+        kw = min(max(told, low), high)
+        stuck, tol = stuck_kw.get(d.id, d.p_kw), tolerance_kw.get(d.id, 0.0)
+        if abs(kw - stuck) <= tol:
+            towards = 1.0 if told >= stuck else -1.0
+            probes = [stuck + towards * 2 * tol, stuck - towards * 2 * tol]
+            kw = next((p for p in probes if low <= p <= high), kw)
         commands.append(DeviceCommand(d.id, kw, True))
     return commands
 

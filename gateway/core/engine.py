@@ -40,7 +40,7 @@ from gateway.core.availability import WINDOW_TYPES, windows
 from gateway.core.clock import Clock
 from gateway.core.comms import Supervision
 from gateway.core.feedback import Loop, Trim, update
-from gateway.core.following import Change, Track, track
+from gateway.core.following import Change, Track, tolerance_kw, track
 from gateway.core.inputs import admit_device, admit_meter, refused
 from gateway.core.instructions import (
     SEEN_RETENTION,
@@ -379,8 +379,9 @@ class Engine:
             import_load = None if load is None else load + st.trim.import_kw - st.trim.export_kw
             commands = allocate(total, ctrl, eff, room) + [
                 replace(c, resend=c.id in follow.resend) for c in retold(
-                    [d for d in online if d.id in follow.not_following], follow.told_kw,
-                    limit_room(total, credit, eff, margin), limit_room_down(total, import_load, eff, margin))]
+                    [d for d in online if d.id in follow.not_following], follow.told_kw, follow.stuck_kw,
+                    {d.id: tolerance_kw(d, params) for d in online}, limit_room(total, credit, eff, margin),
+                    limit_room_down(total, import_load, eff, margin))]
         commands = with_reversion(commands, eff, online)
 
         st.commanded_kw = {c.id: c.p_kw for c in commands}

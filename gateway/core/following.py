@@ -9,8 +9,8 @@ following*: the allocation leaves it out, so its output counts with the site loa
 follow take its share; its command is re-sent every response time, brought towards its output as far as
 the limits ask (allocation.retold: were it to follow at last, the PCC would jump by the difference); it
 follows again, and gets its share back, once its output is within tolerance of that command and the command
-is not within tolerance of where it was stuck (there, being at the command would prove nothing; the command
-moves off it once the limits leave room).
+is not within tolerance of where it was stuck (there, being at the command would prove nothing: such a
+command is moved off it by twice the tolerance, the way the limits leave room for).
 
 A device on its way to a new command (its output moved towards it since the last reading: a ramp, an
 enter-service ramp after a reconnect) is *converging*: that part of the metered error goes away by
@@ -63,6 +63,7 @@ class Following:
     not_following: frozenset[str]
     resend: frozenset[str]  # not-following devices whose command is re-sent this cycle
     told_kw: dict[str, float]  # by not-following device: the command it did not follow
+    stuck_kw: dict[str, float]  # by not-following device: its output when it was found not following
     drifting: frozenset[str]  # still counted as following, off their command and not converging to it
     # What devices still converging to their commands add to the PCC now: the metered error they explain.
     converging_kw: float
@@ -132,5 +133,7 @@ def track(tracks: dict[str, Track], devices: list[DeviceReading], commanded: dic
             t.resend_at = mono + response
     not_following = frozenset(i for i, t in tracks.items() if not t.following)
     told = {i: t.told_kw for i, t in tracks.items() if not t.following and t.told_kw is not None}
-    return Following(not_following, frozenset(resend), told, frozenset(drifting - not_following), converging,
+    stuck = {i: t.stuck_kw for i, t in tracks.items() if not t.following and t.stuck_kw is not None}
+    return Following(not_following, frozenset(resend), told, stuck, frozenset(drifting - not_following),
+                     converging,
                      frozenset(moving), tuple(changes))
