@@ -413,6 +413,17 @@ _polls = st.lists(st.tuples(st.integers(0, 300), st.sampled_from(["none", "cance
                             st.integers(0, 5)), min_size=1, max_size=5)
 
 
+def _changed(controls: list[Control], change: str, which: int) -> list[Control]:
+    """The controls after one poll's change (see _polls)."""
+    if not controls or change == "none":
+        return controls
+    i = which % len(controls)
+    if change == "drop":
+        return controls[:i] + controls[i + 1:]
+    status = CANCELLED if change == "cancel" else ACTIVE
+    return [*controls[:i], replace(controls[i], status=status), *controls[i + 1:]]
+
+
 @settings(max_examples=60, deadline=None)
 @given(_controls, _polls, st.booleans())
 def test_core_export_limit_is_the_plans_value(controls: list[Control], polls: list[tuple[int, str, int]],
@@ -422,12 +433,7 @@ def test_core_export_limit_is_the_plans_value(controls: list[Control], polls: li
     defaults = (DEFAULT,) if with_default else ()
     for step, change, which in polls:
         now += step
-        if controls and change != "none":
-            i = which % len(controls)
-            if change == "drop":
-                controls = controls[:i] + controls[i + 1:]
-            else:
-                controls[i] = replace(controls[i], status=CANCELLED if change == "cancel" else ACTIVE)
+        controls = _changed(controls, change, which)
         p = site.poll(controls, now, defaults=defaults)
         for t in (now, now + 1, now + 45, now + 300, now + 1200):
             assert site.limit(t) == expected(p, "export", t)[0], t - T
@@ -453,12 +459,7 @@ def test_with_set_grad_w_the_core_export_limit_stays_within_what_the_plan_recent
     defaults = (DEFAULT,) if with_default else ()
     for step, change, which in polls:
         now += step
-        if controls and change != "none":
-            i = which % len(controls)
-            if change == "drop":
-                controls = controls[:i] + controls[i + 1:]
-            else:
-                controls[i] = replace(controls[i], status=CANCELLED if change == "cancel" else ACTIVE)
+        controls = _changed(controls, change, which)
         plans.append(site.poll(controls, now, defaults=defaults, ramp_w_per_s=RATE))
         for t in (now, now + 1, now + 45, now + 300, now + 1200):
             window = [expected(p, "export", s)[0] for p in plans
